@@ -1,0 +1,35 @@
+"""Command line: `python -m helpers COMMAND ...` (also under `accelerate launch` / `torchrun`).
+
+Each command lives in the module that holds its idea; this file only dispatches, so
+`python -m helpers finetune --help` imports nothing it does not need.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "finetune": ("helpers.training", "finetune_main", "fine-tune an encoder for sentiment"),
+    "predict": ("helpers.training", "predict_main", "label the reviews of a JSON Lines file"),
+    "pretrain": ("helpers.pretraining", "pretrain_main", "MLM (+NSP) pretraining of a mini BERT"),
+    "bench": ("helpers.bench", "bench_main", "training throughput, TFLOP/s and MFU"),
+    "setup": ("helpers.setup", "setup_main", "fetch and convert the offline assets"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m helpers COMMAND [options]\n\ncommands:")
+        for name, (_, _, text) in COMMANDS.items():
+            print(f"  {name:<9} {text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module, function, _ = COMMANDS[argv[0]]
+    return getattr(importlib.import_module(module), function)(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""One place for every knob of the course: the three profiles, seeds, device, results.
+
+A *profile* says how big every experiment is. Notebooks and the command line read the
+same profile, so `COURSE_PROFILE=smoke` makes the whole course tiny (CI), `cpu` makes it
+meaningful on a laptop, and `gpu` uses all data and bigger models.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+# Tokenizers' thread pool forks badly inside Jupyter and DataLoader workers; the course
+# tokenises in the main process, so quiet the warning for everyone who imports helpers.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    # --- data ---------------------------------------------------------------------------
+    max_train_examples: int | None  # per training run; None = every example
+    max_eval_examples: int | None  # per evaluation; None = every example
+    max_seq_len: int  # tokens per review after truncation
+    # --- fine-tuning ----------------------------------------------------------------------
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    warmup_ratio: float
+    seeds: tuple[int, ...]  # repeated runs, for the spread over seeds
+    freeze_embeddings: bool  # freeze word embeddings of big-vocabulary encoders (CPU speed)
+    bf16: bool  # bf16 autocast (only takes effect on a GPU)
+    # --- models ---------------------------------------------------------------------------
+    multilingual_model: str  # registry name or hub id (see helpers.models)
+    english_model: str
+    hub_multilingual_model: str | None  # preferred when the hub is reachable
+    mini_bert: dict = field(default_factory=dict)  # BertConfig kwargs of the from-scratch BERT
+    tokenizer_vocab_size: int = 8000  # WordPiece vocabulary trained in notebook 02
+    # --- pretraining (notebook 03) --------------------------------------------------------
+    pretrain_steps: int = 100
+    pretrain_batch_size: int = 32
+    pretrain_seq_len: int = 128
+    pretrain_learning_rate: float = 5e-4
+    pretrain_max_documents: int | None = None  # per language; None = the whole corpus
+    checkpoint_every: int = 50
+    # --- experiments ----------------------------------------------------------------------
+    data_sizes: tuple[int, ...] = (16, 64, 256)  # data-efficiency curve (notebook 04)
+    few_shot_ks: tuple[int, ...] = (0, 16, 64, 256)  # few-shot curve (notebook 06)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="CI: every notebook in seconds on 2 CPU cores; numbers are NOT meaningful",
+        max_train_examples=96,
+        max_eval_examples=64,
+        max_seq_len=48,
+        batch_size=16,
+        epochs=1,
+        learning_rate=5e-5,
+        warmup_ratio=0.1,
+        seeds=(0,),
+        freeze_embeddings=True,
+        bf16=False,
+        multilingual_model="multilingual-e5-small",
+        english_model="minilm-en",
+        hub_multilingual_model=None,
+        mini_bert=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=128, max_position_embeddings=128),
+        tokenizer_vocab_size=2000,
+        pretrain_steps=8,
+        pretrain_batch_size=8,
+        pretrain_seq_len=48,
+        pretrain_learning_rate=1e-3,
+        pretrain_max_documents=40,
+        checkpoint_every=4,
+        data_sizes=(16, 32),
+        few_shot_ks=(0, 16),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        description="a laptop, offline: the whole course in under 45 minutes on 2 cores",
+        max_train_examples=None,
+        max_eval_examples=None,
+        max_seq_len=96,
+        batch_size=16,
+        epochs=3,
+        learning_rate=5e-5,
+        warmup_ratio=0.1,
+        seeds=(0, 1, 2),
+        freeze_embeddings=True,
+        bf16=False,
+        multilingual_model="multilingual-e5-small",
+        english_model="minilm-en",
+        hub_multilingual_model=None,
+        mini_bert=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                       intermediate_size=1024, max_position_embeddings=256),
+        tokenizer_vocab_size=8000,
+        pretrain_steps=1500,
+        pretrain_batch_size=32,
+        pretrain_seq_len=128,
+        pretrain_learning_rate=5e-4,
+        pretrain_max_documents=None,
+        checkpoint_every=250,
+        data_sizes=(16, 64, 256),
+        few_shot_ks=(0, 16, 64, 256),
+    ),
+    "gpu": Profile(
+        name="gpu",
+        description="one CUDA GPU: all data, bigger models, bf16",
+        max_train_examples=None,
+        max_eval_examples=None,
+        max_seq_len=128,
+        batch_size=32,
+        epochs=4,
+        learning_rate=3e-5,
+        warmup_ratio=0.1,
+        seeds=(0, 1, 2, 3, 4),
+        freeze_embeddings=False,
+        bf16=True,
+        multilingual_model="multilingual-e5-small",
+        english_model="minilm-en",
+        hub_multilingual_model="xlm-roberta-base",
+        mini_bert=dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                       intermediate_size=2048, max_position_embeddings=512),
+        tokenizer_vocab_size=16000,
+        pretrain_steps=10000,
+        pretrain_batch_size=128,
+        pretrain_seq_len=128,
+        pretrain_learning_rate=5e-4,
+        pretrain_max_documents=None,
+        checkpoint_every=1000,
+        data_sizes=(16, 64, 256),
+        few_shot_ks=(0, 16, 64, 256),
+    ),
+}
+
+
+class UnknownProfileError(ValueError):
+    pass
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile named `name`, else $COURSE_PROFILE, else gpu with CUDA and cpu without."""
+    name = name or os.environ.get("COURSE_PROFILE") or None
+    if name is None:
+        import torch
+
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise UnknownProfileError(
+            f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
+    return PROFILES[key]
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so a run can be repeated exactly."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def get_device():
+    """cuda when available, else Apple's mps, else cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+# --- where things go ----------------------------------------------------------------------
+
+def build_dir() -> Path:
+    """Executed notebooks, checkpoints and results ($COURSE_BUILD_DIR, default build/)."""
+    return Path(os.environ.get("COURSE_BUILD_DIR", ROOT / "build"))
+
+
+def cache_dir() -> Path:
+    """Converted models and extracted data ($COURSE_CACHE_DIR, default .cache/ in the repo)."""
+    path = Path(os.environ.get("COURSE_CACHE_DIR", ROOT / ".cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_path() -> Path:
+    return build_dir() / "results.json"
+
+
+# --- recording results --------------------------------------------------------------------
+
+def record(notebook: str, **values) -> dict:
+    """Merge `values` into build/results.json under `notebook`; returns that notebook's entry.
+
+    Values must be JSON-serialisable (numbers, strings, lists, dicts). The file also notes the
+    profile each notebook ran under, so numbers from different profiles are never mixed up.
+    """
+    path = results_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    entry = data.setdefault("notebooks", {}).setdefault(notebook, {})
+    entry.setdefault("results", {}).update(_jsonable(values))
+    entry["profile"] = os.environ.get("COURSE_PROFILE") or get_profile().name
+    entry["recorded_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)  # atomic: an interrupted write never leaves half a file
+    return entry
+
+
+def load_results(path: Path | None = None) -> dict:
+    path = Path(path) if path else results_path()
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+# --- the model hub, when there is one ----------------------------------------------------
+
+_HUB_STATE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """True when huggingface.co answers within `timeout` seconds (checked once per process).
+
+    HF_HUB_OFFLINE=1 means no. Never hangs: a plain TCP connect with a short timeout.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    if "hub" not in _HUB_STATE:
+        try:
+            with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+                _HUB_STATE["hub"] = True
+        except OSError:
+            _HUB_STATE["hub"] = False
+    return _HUB_STATE["hub"]
+
+
+def with_overrides(profile: Profile, **changes) -> Profile:
+    """A copy of `profile` with some knobs changed (for exercises and the CLI)."""
+    return replace(profile, **changes)
+
+
+# --- the one setup cell of every notebook --------------------------------------------------
+
+def run_times_path() -> Path:
+    """Measured wall time and peak memory per profile and notebook, kept across `make course`
+    runs of every profile (written by helpers.course)."""
+    return ROOT / "build" / "run_times.json"
+
+
+def measured_run_times(notebook: str | None = None) -> dict:
+    """{profile: {notebook: {"wall_s", "peak_mb", "date", ...}}} from past runs, or one notebook's
+    {profile: {...}} when `notebook` is given. Empty until a notebook has been run by
+    `make course` (or `make test` for smoke) on this machine."""
+    path = run_times_path()
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if notebook is None:
+        return data
+    return {prof: nbs[notebook] for prof, nbs in data.items() if notebook in nbs}
+
+
+def start_notebook(notebook: str, seed: int = 0) -> Profile:
+    """Pick the profile, seed everything, set the plot style, and say what this run is."""
+    profile = get_profile()
+    set_seed(seed)
+    try:
+        import seaborn as sns
+
+        sns.set_theme(context="notebook", style="whitegrid")
+    except ImportError:  # plotting is optional for the command line
+        pass
+    print(f"profile: {profile.name} ({profile.description}); device: {get_device()}")
+    if profile.name == "smoke":
+        print("SMOKE PROFILE: tiny models and data so the notebook runs in seconds; "
+              "the numbers below are NOT meaningful. Use COURSE_PROFILE=cpu for real results.")
+    times = measured_run_times(notebook)
+    if times:
+        parts = [f"{p}: {t['wall_s']:.0f} s, peak {t['peak_mb']:.0f} MB ({t['date']})"
+                 for p, t in sorted(times.items())]
+        print("measured run time of this notebook on this machine: " + "; ".join(parts))
+    else:
+        print("run time of this notebook not measured on this machine yet (make course measures it)")
+    return profile
