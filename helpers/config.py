@@ -10,11 +10,10 @@ import json
 import os
 import random
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-import numpy as np
 
 # Tokenizers' thread pool forks badly inside Jupyter and DataLoader workers; the course
 # tokenises in the main process, so quiet the warning for everyone who imports helpers.
@@ -168,6 +167,7 @@ def get_profile(name: str | None = None) -> Profile:
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so a run can be repeated exactly."""
+    import numpy as np
     import torch
 
     random.seed(seed)
@@ -309,3 +309,20 @@ def start_notebook(notebook: str, seed: int = 0) -> Profile:
     else:
         print("run time of this notebook not measured on this machine yet (make course measures it)")
     return profile
+
+
+def _check_main(argv: list[str]) -> int:
+    """`python3 -m helpers.config check`: validate $COURSE_PROFILE with the standard library only,
+    so `make` can refuse a bad profile at once, before it installs anything."""
+    try:
+        name = os.environ.get("COURSE_PROFILE")
+        if name:
+            get_profile(name)
+    except UnknownProfileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_check_main(sys.argv[1:]))

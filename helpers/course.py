@@ -1,0 +1,153 @@
+"""Run the whole course: `python -m helpers.course [NN ...]` (what `make course` calls).
+
+Executes every notebook in order in the active profile with nbclient, with a progress bar
+over notebooks and cells; writes the executed copies to build/notebooks/, an HTML page per
+notebook to build/html/, each notebook's wall time and peak memory into build/results.json
+(beside the results the notebooks record themselves) and build/run_times.json, and prints a
+summary table. On a failure it names the notebook and the cell, keeps the partial executed
+copy, and stops: later notebooks may need what the failed one makes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import ROOT, build_dir, get_profile, load_results, results_path, run_times_path
+
+NOTEBOOKS = ROOT / "notebooks"
+
+# Run inside the kernel after the last cell: the kernel's own peak resident memory.
+_PEAK_MEMORY_CODE = (
+    "import resource, sys\n"
+    "_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "print(_kb / 1024 if sys.platform != 'darwin' else _kb / 2**20)"
+)
+
+
+def course_notebooks(selection: list[str] | None = None) -> list[Path]:
+    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if selection:
+        wanted = [s.split("_")[0].zfill(2) for s in selection]
+        paths = [p for p in paths if p.name[:2] in wanted]
+        if not paths:
+            raise SystemExit(f"no notebook matches {selection}; notebooks: "
+                             + ", ".join(p.stem for p in sorted(NOTEBOOKS.glob('[0-9][0-9]_*.ipynb'))))
+    return paths
+
+
+def run_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> dict:
+    """Execute one notebook cell by cell; returns {status, wall_s, peak_mb, failed_cell, error}."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from tqdm.auto import tqdm
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    info = {"status": "ok", "wall_s": None, "peak_mb": None, "failed_cell": None, "error": None}
+    start = time.perf_counter()
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    with client.setup_kernel():
+        bar = tqdm(total=len(code_cells), desc=f"  {path.stem}", unit="cell", leave=False)
+        try:
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type != "code":
+                    continue
+                client.execute_cell(cell, index)
+                bar.update()
+        except CellExecutionError as error:
+            info.update(status="failed", failed_cell=index,
+                        error=str(error).strip().splitlines()[-1] if str(error).strip() else repr(error))
+            first_line = next((l for l in cell.source.splitlines() if l.strip()), "")
+            info["cell_source"] = first_line[:80]
+        finally:
+            bar.close()
+        info["wall_s"] = round(time.perf_counter() - start, 1)
+        probe = nbformat.v4.new_code_cell(_PEAK_MEMORY_CODE)
+        try:
+            client.execute_cell(probe, len(nb.cells))
+            text = "".join(o.get("text", "") for o in probe.outputs if o.get("name") == "stdout")
+            info["peak_mb"] = round(float(text.strip()), 1)
+        except Exception:  # a dead kernel has no memory to report; the status says why
+            pass
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out_dir / path.name)  # partial copy too: outputs up to the failure
+    return info
+
+
+def export_html(executed: Path, html_dir: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    html_dir.mkdir(parents=True, exist_ok=True)
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    target = html_dir / (executed.stem + ".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def _save_run(name: str, info: dict, profile: str) -> None:
+    """Add the notebook's timing to results.json and to the cross-profile run_times.json."""
+    path = results_path()
+    data = load_results(path)
+    data.setdefault("notebooks", {}).setdefault(name, {})["run"] = dict(info, profile=profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    if info["status"] == "ok":
+        times_path = run_times_path()
+        times = json.loads(times_path.read_text(encoding="utf-8")) if times_path.exists() else {}
+        times.setdefault(profile, {})[name] = {
+            "wall_s": info["wall_s"], "peak_mb": info["peak_mb"],
+            "date": time.strftime("%Y-%m-%d")}
+        times_path.parent.mkdir(parents=True, exist_ok=True)
+        times_path.write_text(json.dumps(times, indent=2), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", help="numbers or names of notebooks to run (default: all)")
+    parser.add_argument("--no-html", action="store_true", help="skip the HTML pages")
+    args = parser.parse_args(argv)
+    from tqdm.auto import tqdm
+
+    profile = get_profile().name
+    paths = course_notebooks(args.notebooks)
+    out_dir, html_dir = build_dir() / "notebooks", build_dir() / "html"
+    if not args.notebooks and results_path().exists():  # a full run starts a fresh results file
+        results_path().replace(results_path().with_name("results.previous.json"))
+    print(f"running {len(paths)} notebooks in the {profile} profile into {build_dir()}")
+    rows, failed = [], None
+    for path in tqdm(paths, desc="course", unit="notebook"):
+        info = run_notebook(path, out_dir)
+        _save_run(path.stem, info, profile)
+        rows.append((path.stem, info))
+        if not args.no_html:
+            export_html(out_dir / path.name, html_dir)
+        if info["status"] != "ok":
+            failed = (path, info)
+            break
+    if not args.notebooks and failed is None:
+        from .report import write_report  # the one-page summary (helpers/report.py)
+
+        print(f"summary page: {write_report()}")
+
+    print(f"\n{'notebook':<28}{'status':<9}{'wall s':>8}{'peak MB':>9}")
+    for name, info in rows:
+        peak = f"{info['peak_mb']:.0f}" if info["peak_mb"] else "?"
+        print(f"{name:<28}{info['status']:<9}{info['wall_s']:>8.1f}{peak:>9}")
+    print(f"total wall time: {sum(i['wall_s'] for _, i in rows):.0f} s; results: {results_path()}")
+    if failed:
+        path, info = failed
+        print(f"\nFAILED: {path.name}, code cell at index {info['failed_cell']} "
+              f"({info.get('cell_source', '')!r}): {info['error']}\n"
+              f"the partial executed copy is {out_dir / path.name}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_profiles_have_the_same_knobs_and_sizes_grow():
+    smoke, cpu, gpu = (config.get_profile(n) for n in ("smoke", "cpu", "gpu"))
+    assert smoke.to_dict().keys() == cpu.to_dict().keys() == gpu.to_dict().keys()
+    assert smoke.pretrain_steps < cpu.pretrain_steps < gpu.pretrain_steps
+    assert smoke.mini_bert["hidden_size"] < cpu.mini_bert["hidden_size"] <= gpu.mini_bert["hidden_size"]
+    assert smoke.max_train_examples is not None and cpu.max_train_examples is None
+
+
+def test_profile_from_environment_and_case(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "CPU")
+    assert config.get_profile().name == "cpu"
+    monkeypatch.delenv("COURSE_PROFILE")
+    expected = "gpu" if torch.cuda.is_available() else "cpu"
+    assert config.get_profile().name == expected
+
+
+def test_unknown_profile_lists_valid_ones():
+    with pytest.raises(config.UnknownProfileError, match="smoke, cpu, gpu"):
+        config.get_profile("bogus")
+
+
+def test_make_refuses_a_bogus_profile_at_once():
+    env = dict(os.environ, COURSE_PROFILE="bogus")
+    run = subprocess.run(["make", "-s", "course"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode != 0
+    lines = [l for l in run.stderr.splitlines() if l.strip() and not l.startswith("make")]
+    assert lines == ["error: unknown profile 'bogus'; valid profiles: smoke, cpu, gpu"], run.stderr
+
+
+def test_set_seed_repeats_python_numpy_torch():
+    import random
+
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    config.set_seed(123)
+    first = draw()
+    config.set_seed(123)
+    assert draw() == first
+    config.set_seed(124)
+    assert draw() != first
+
+
+def test_record_merges_and_survives(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path))
+    monkeypatch.setenv("COURSE_PROFILE", "smoke")
+    config.record("99_demo", accuracy=np.float32(0.5), curve=np.array([1, 2]))
+    config.record("99_demo", f1=torch.tensor(0.25))
+    data = json.loads((tmp_path / "results.json").read_text())
+    entry = data["notebooks"]["99_demo"]
+    assert entry["results"] == {"accuracy": 0.5, "curve": [1, 2], "f1": 0.25}
+    assert entry["profile"] == "smoke"
+
+
+def test_device_is_a_torch_device():
+    assert isinstance(config.get_device(), torch.device)
+
+
+def test_hub_check_never_hangs_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert config.hub_reachable() is False
