@@ -67,13 +67,15 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> dict:
         finally:
             bar.close()
         info["wall_s"] = round(time.perf_counter() - start, 1)
-        probe = nbformat.v4.new_code_cell(_PEAK_MEMORY_CODE)
+        nb.cells.append(nbformat.v4.new_code_cell(_PEAK_MEMORY_CODE))  # nbclient runs cells of nb only
         try:
-            client.execute_cell(probe, len(nb.cells))
+            probe = client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
             text = "".join(o.get("text", "") for o in probe.outputs if o.get("name") == "stdout")
             info["peak_mb"] = round(float(text.strip()), 1)
         except Exception:  # a dead kernel has no memory to report; the status says why
             pass
+        finally:
+            nb.cells.pop()
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)  # partial copy too: outputs up to the failure
     return info
