@@ -57,7 +57,7 @@ def test_mcnemar_counts_discordant_items():
     a = np.array([1, 1, 0, 1, 0, 1])
     b = np.array([1, 0, 0, 0, 1, 1])
     result = metrics.mcnemar(y, a, b)
-    assert (result["b"], result["c"]) == (2, 1)
+    assert (result["b"], result["c"]) == (3, 0)  # items 1, 3, 4: A right, B wrong
 
 
 def test_paired_bootstrap_sees_a_real_difference_and_not_a_fake_one():
