@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: course test lab clean distclean setup check-profile
+.PHONY: course test lab clean distclean setup check-profile student
 
 # Fail at once on a bad COURSE_PROFILE, before anything is installed (standard library only).
 check-profile:
@@ -33,6 +33,11 @@ course: check-profile setup
 
 test: setup
 	COURSE_PROFILE=smoke COURSE_BUILD_DIR=build/smoke $(BIN)/python -m pytest -q tests --nbval-lax notebooks
+
+# Notebooks without the solutions, for a class; then check every copy runs up to its first exercise.
+student: setup
+	$(BIN)/python -m helpers.student
+	STUDENT_CHECK_ALL=1 COURSE_PROFILE=smoke COURSE_BUILD_DIR=build/smoke $(BIN)/python -m pytest -q tests/test_student.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
