@@ -54,6 +54,8 @@ class Profile:
     # --- experiments ----------------------------------------------------------------------
     data_sizes: tuple[int, ...] = (16, 64, 256)  # data-efficiency curve (notebook 04)
     few_shot_ks: tuple[int, ...] = (0, 16, 64, 256)  # few-shot curve (notebook 06)
+    # per language; the real-world (wild) test sets hold thousands of reviews (notebook 05)
+    max_wild_eval_examples: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +89,7 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=4,
         data_sizes=(16, 32),
         few_shot_ks=(0, 16),
+        max_wild_eval_examples=64,
     ),
     "cpu": Profile(
         name="cpu",
@@ -115,6 +118,7 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=250,
         data_sizes=(16, 64, 256),
         few_shot_ks=(0, 16, 64, 256),
+        max_wild_eval_examples=400,
     ),
     "gpu": Profile(
         name="gpu",
@@ -143,6 +147,7 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=1000,
         data_sizes=(16, 64, 256),
         few_shot_ks=(0, 16, 64, 256),
+        max_wild_eval_examples=None,
     ),
 }
 
@@ -188,14 +193,21 @@ def get_device():
 
 # --- where things go ----------------------------------------------------------------------
 
+def _from_root(path: str) -> Path:
+    """Relative paths are relative to the repository, not to wherever a kernel was started
+    (nbval and JupyterLab start kernels in notebooks/)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else ROOT / path
+
+
 def build_dir() -> Path:
     """Executed notebooks, checkpoints and results ($COURSE_BUILD_DIR, default build/)."""
-    return Path(os.environ.get("COURSE_BUILD_DIR", ROOT / "build"))
+    return _from_root(os.environ.get("COURSE_BUILD_DIR", "build"))
 
 
 def cache_dir() -> Path:
     """Converted models and extracted data ($COURSE_CACHE_DIR, default .cache/ in the repo)."""
-    path = Path(os.environ.get("COURSE_CACHE_DIR", ROOT / ".cache"))
+    path = _from_root(os.environ.get("COURSE_CACHE_DIR", ".cache"))
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -75,3 +75,9 @@ def test_device_is_a_torch_device():
 def test_hub_check_never_hangs_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert config.hub_reachable() is False
+
+
+def test_relative_build_dir_is_relative_to_the_repository(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COURSE_BUILD_DIR", "build/smoke")
+    assert config.build_dir() == ROOT / "build" / "smoke"
