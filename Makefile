@@ -6,7 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: course test lab clean distclean setup check-profile student
+# Offline lab machines: `make course WHEELHOUSE=/path/to/wheelhouse` installs from that folder
+# only (no index), and restores the converted models and data cached in it.
+ifdef WHEELHOUSE
+export PIP_NO_INDEX := 1
+export PIP_FIND_LINKS := $(abspath $(WHEELHOUSE))
+endif
+
+.PHONY: course test lab clean distclean setup check-profile student wheelhouse
 
 # Fail at once on a bad COURSE_PROFILE, before anything is installed (standard library only).
 check-profile:
@@ -26,6 +33,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 # Offline assets: the converted multilingual-e5-small, the extracted VADER snippets (quick when done).
 setup: check-profile $(STAMP)
+ifdef WHEELHOUSE
+	@test ! -d $(WHEELHOUSE)/cache || cp -rn $(WHEELHOUSE)/cache/. .cache/
+endif
 	@$(BIN)/python -m helpers setup
 
 course: check-profile setup
@@ -38,6 +48,17 @@ test: setup
 student: setup
 	$(BIN)/python -m helpers.student
 	STUDENT_CHECK_ALL=1 COURSE_PROFILE=smoke COURSE_BUILD_DIR=build/smoke $(BIN)/python -m pytest -q tests/test_student.py
+
+# Everything the course installs, for this platform, in one folder (wheelhouse/ by default),
+# plus the converted models and extracted data; then prove a fresh venv installs from it alone.
+WHEELHOUSE_DIR ?= wheelhouse
+wheelhouse: setup
+	mkdir -p $(WHEELHOUSE_DIR)
+	$(BIN)/python -m pip download -q -d $(WHEELHOUSE_DIR) "torch==2.13.0" -r requirements.txt pip setuptools wheel
+	$(BIN)/python -m pip download -q -d $(WHEELHOUSE_DIR) --no-deps --no-binary :all: vaderSentiment==3.3.2
+	rm -rf $(WHEELHOUSE_DIR)/cache && mkdir -p $(WHEELHOUSE_DIR)/cache && cp -r .cache/models .cache/data $(WHEELHOUSE_DIR)/cache/
+	du -sh $(WHEELHOUSE_DIR)
+	WHEELHOUSE=$(abspath $(WHEELHOUSE_DIR)) $(BIN)/python -m pytest -q tests/test_wheelhouse.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
