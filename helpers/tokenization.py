@@ -69,10 +69,15 @@ def course_texts(max_documents: int | None = None) -> list[str]:
     return texts
 
 
+# Part of the cache key: bump it whenever train_wordpiece's settings or course_texts change,
+# so a tokenizer trained by an older recipe is never silently reused.
+RECIPE = "r2"
+
+
 def course_tokenizer(profile=None):
     """The WordPiece tokenizer of mini-bert for `profile` (a Profile, a profile name, or None
     for the active one): trained on the course corpora the first time, then read from
-    cache_dir()/tokenizers/wordpiece-<vocab>-<profile>."""
+    cache_dir()/tokenizers/wordpiece-<vocab>-<profile>-<RECIPE>."""
     from transformers import PreTrainedTokenizerFast
 
     from helpers.config import Profile, cache_dir, get_profile
@@ -80,7 +85,7 @@ def course_tokenizer(profile=None):
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     vocab_size = profile.tokenizer_vocab_size
     max_length = profile.mini_bert.get("max_position_embeddings", 512)
-    path = cache_dir() / "tokenizers" / f"wordpiece-{vocab_size}-{profile.name}"
+    path = cache_dir() / "tokenizers" / f"wordpiece-{vocab_size}-{profile.name}-{RECIPE}"
     if (path / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(path)
     # the pretraining notebook reads at most this many documents per language, so the

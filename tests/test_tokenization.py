@@ -1,6 +1,7 @@
 """helpers.tokenization: the BERT-style WordPiece tokenizer of mini-bert."""
 import pytest
 
+from helpers import tokenization
 from helpers.tokenization import SPECIAL_TOKENS, course_tokenizer, train_wordpiece
 
 TEXTS = [
@@ -69,7 +70,7 @@ def test_course_tokenizer_is_trained_once_then_cached(tmp_path, monkeypatch, cap
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
     first = course_tokenizer("smoke")
     assert "training" in capsys.readouterr().out
-    assert (tmp_path / "tokenizers" / "wordpiece-2000-smoke" / "tokenizer.json").is_file()
+    assert (tmp_path / "tokenizers" / f"wordpiece-2000-smoke-{tokenization.RECIPE}" / "tokenizer.json").is_file()
     second = course_tokenizer("smoke")
     assert capsys.readouterr().out == ""
     sample = ["这家酒店很干净。", "The staff were friendly."]
