@@ -13,7 +13,7 @@ export PIP_NO_INDEX := 1
 export PIP_FIND_LINKS := $(abspath $(WHEELHOUSE))
 endif
 
-.PHONY: course test lab clean distclean setup check-profile student wheelhouse
+.PHONY: course test lab clean distclean setup check-profile student wheelhouse browser-check
 
 # Fail at once on a bad COURSE_PROFILE, before anything is installed (standard library only).
 check-profile:
@@ -59,6 +59,11 @@ wheelhouse: setup
 	rm -rf $(WHEELHOUSE_DIR)/cache && mkdir -p $(WHEELHOUSE_DIR)/cache && cp -r .cache/models .cache/data $(WHEELHOUSE_DIR)/cache/
 	du -sh $(WHEELHOUSE_DIR)
 	WHEELHOUSE=$(abspath $(WHEELHOUSE_DIR)) $(BIN)/python -m pytest -q tests/test_wheelhouse.py
+
+# Notebooks 01 and 04 in JupyterLab in headless Chromium (smoke profile): widgets and plots render,
+# no errors; screenshots in build/screenshots/. Installs chromium (apt) and playwright-core (npm) if missing.
+browser-check: setup
+	BROWSER_CHECK=1 $(BIN)/python -m pytest -q -rs tests/test_browser.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
