@@ -130,8 +130,9 @@ def fit_temperature(logits, y_true, max_iter: int = 200) -> float:
     """
     import torch
 
-    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    labels = torch.as_tensor(np.asarray(y_true), dtype=torch.long)
+    # copies: pandas and datasets hand out read-only arrays, which torch warns about
+    logits = torch.tensor(np.array(logits, dtype=np.float64))
+    labels = torch.tensor(np.array(y_true, dtype=np.int64))
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays > 0
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -142,7 +143,7 @@ def fit_temperature(logits, y_true, max_iter: int = 200) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:

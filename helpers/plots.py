@@ -5,6 +5,10 @@ notebook can combine them; `save_figure` keeps a copy under build/figures/ for t
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
+from functools import lru_cache
+
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
@@ -90,3 +94,41 @@ def attention_heatmap(weights, tokens_q, tokens_k=None, ax=None, title=None, cba
     ax.tick_params(axis="y", labelrotation=0, labelsize=8)
     ax.set(title=title or "", xlabel="attends to (key)", ylabel="query")
     return ax
+
+
+# --- Chinese text in figures -------------------------------------------------------------------
+
+def _has_cjk(text: str) -> bool:
+    return any("\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef" for ch in text)
+
+
+@lru_cache(maxsize=None)
+def chinese_font() -> str | None:
+    """The family name of an installed font with Chinese glyphs, registered with matplotlib and put
+    first in its sans-serif list; None when the machine has none (then see `plot_label`)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    # fontconfig knows fonts that matplotlib's cache may have missed; then matplotlib's own list
+    paths = []
+    if shutil.which("fc-list"):
+        listed = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True).stdout
+        paths += [line.split(":")[0].strip() for line in listed.splitlines() if line.strip()]
+    paths += [font.fname for font in font_manager.fontManager.ttflist]
+    for path in paths:
+        try:
+            font = FT2Font(path)
+        except (OSError, RuntimeError, ValueError):
+            continue
+        # matplotlib ships "Last Resort", which draws every character as the same box
+        if font.get_char_index(ord("中")) and "last resort" not in font.family_name.lower():
+            font_manager.fontManager.addfont(path)
+            plt.rcParams["font.sans-serif"] = [font.family_name, *plt.rcParams["font.sans-serif"]]
+            return font.family_name
+    return None
+
+
+def plot_label(text: str, position: int) -> str:
+    """`text` as a tick label: unchanged, unless it holds Chinese characters and no installed font can
+    draw them; then "zh<position>" (an empty box would hide which token it is)."""
+    return f"zh{position}" if _has_cjk(text) and chinese_font() is None else text

@@ -1,0 +1,230 @@
+"""Tools of the cross-lingual notebook (06): dictionary translation and alignment measures.
+
+- `segment` and `translate_words`: the weakest possible machine translation, Chinese to English
+  word by word with a dictionary (CC-CEDICT, `helpers.data.load_cedict`). It is the baseline
+  that shows what a multilingual encoder does better.
+- `unk_rate`: how much of a text a tokenizer cannot represent at all.
+- `layer_embeddings`, `alignment_by_layer`: how close a sentence and its translation sit inside
+  an encoder, layer by layer (mean-pooled hidden states, cosine similarity, top-1 retrieval).
+- `MeanPoolClassifier`: a classification head that reads the average of the token vectors, the
+  sentence vector e5 was trained to produce, instead of BERT's [CLS] pooler (which e5 lacks).
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+# Chinese punctuation has a plain ASCII twin that an English tokenizer knows.
+ZH_PUNCTUATION = str.maketrans({"，": ",", "。": ".", "！": "!", "？": "?", "：": ":", "；": ";",
+                                "、": ",", "（": "(", "）": ")", "“": '"', "”": '"', "‘": "'",
+                                "’": "'", "《": '"', "》": '"', "…": "...", "～": "~"})
+
+# Dictionary glosses that are notes about the entry rather than a translation of it.
+_NOTE = re.compile(r"^(surname |variant of |old variant of |abbr\. for |used in |see |CL:|"
+                   r"\(old\)|Japanese variant of |erhua variant of )", re.IGNORECASE)
+_PARENTHESES = re.compile(r"\([^()]*\)")
+
+
+def segment(text: str, words: Mapping | set, max_word_len: int | None = None) -> list[str]:
+    """Split `text` greedily into the longest dictionary words, left to right.
+
+    At each position take the longest prefix that is a word of `words`; a character that
+    starts no word is its own piece, and runs of such characters that are not Chinese (digits,
+    Latin letters) stay together, so "87" or "iPad" survive as one piece. Greedy matching is
+    fast and usually right, but it can swallow the first character of the next word.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    if max_word_len is None:
+        max_word_len = max((len(w) for w in words), default=1)
+    pieces: list[str] = []
+    in_run = False  # inside a run of letters or digits that no dictionary word covers
+    i = 0
+    while i < len(text):
+        for j in range(min(len(text), i + max_word_len), i, -1):
+            if text[i:j] in words:
+                pieces.append(text[i:j])
+                in_run, i = False, j
+                break
+        else:
+            char = text[i]
+            letter_or_digit = char.isalnum() and not _is_cjk(char)
+            if in_run and letter_or_digit:
+                pieces[-1] += char
+            elif not char.isspace():
+                pieces.append(char)
+            in_run = letter_or_digit
+            i += 1
+    return pieces
+
+
+def _is_cjk(char: str) -> bool:
+    return "\u4e00" <= char <= "\u9fff" or "\u3400" <= char <= "\u4dbf"
+
+
+def first_gloss(glosses: Sequence[str]) -> str | None:
+    """The first gloss that translates the word: notes such as "surname Ye" or "variant of ..."
+    are skipped, remarks in parentheses removed, and only the first of "a; b" is kept."""
+    for gloss in glosses:
+        if _NOTE.match(gloss):
+            continue
+        words = _PARENTHESES.sub(" ", gloss).split(";")[0]
+        words = " ".join(words.split())
+        if words:
+            return words
+    return None
+
+
+def translate_words(text: str, dictionary: Mapping[str, Sequence[str]],
+                    max_word_len: int | None = None) -> str:
+    """Chinese -> English word by word: greedy segmentation, then each word's first gloss.
+
+    Words without a usable gloss and characters not in the dictionary are kept as they are;
+    Chinese punctuation becomes its ASCII twin.
+    """
+    out = []
+    for piece in segment(text, dictionary, max_word_len):
+        gloss = first_gloss(dictionary[piece]) if piece in dictionary else None
+        out.append(gloss if gloss else piece.translate(ZH_PUNCTUATION))
+    return " ".join(out)
+
+
+# --- what a tokenizer cannot see -------------------------------------------------------------
+
+def unk_rate(tokenizer, texts: Sequence[str]) -> float:
+    """Share of the tokens of `texts` (special tokens such as [CLS] not counted) that are the
+    tokenizer's unknown token."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string")
+    if tokenizer.unk_token_id is None:
+        raise ValueError("this tokenizer has no unknown token")
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    total = sum(len(row) for row in ids)
+    if total == 0:
+        raise ValueError("the texts produced no tokens")
+    return sum(row.count(tokenizer.unk_token_id) for row in ids) / total
+
+
+# --- alignment inside an encoder ---------------------------------------------------------------
+
+def mean_pool(hidden, attention_mask):
+    """Average of the token vectors of each sequence, padding left out: (batch, seq, d) ->
+    (batch, d). This is how e5 turns tokens into one sentence vector."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def layer_embeddings(model, tokenizer, texts: Sequence[str], *, prefix: str = "",
+                     batch_size: int = 64, max_length: int = 128) -> np.ndarray:
+    """Mean-pooled hidden states of every layer: an array (layers + 1, len(texts), hidden).
+
+    Index 0 is the embedding layer (before any attention), index L the output of layer L.
+    Works for a bare encoder and for a sequence classifier (its encoder's states).
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string")
+    texts = [prefix + t for t in texts]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(texts[start:start + batch_size], padding=True,
+                                  truncation=True, max_length=max_length, return_tensors="pt")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                states = model(**batch, output_hidden_states=True).hidden_states
+                chunks.append(torch.stack([mean_pool(h.float(), batch["attention_mask"])
+                                           for h in states]).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(chunks, axis=1)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(min=1e-12)
+
+
+def retrieval_top1(queries: np.ndarray, candidates: np.ndarray) -> float:
+    """Share of queries i whose most cosine-similar candidate is candidates[i]."""
+    if queries.shape != candidates.shape:
+        raise ValueError(f"queries and candidates must have the same shape, got "
+                         f"{queries.shape} and {candidates.shape}")
+    scores = _unit(queries) @ _unit(candidates).T
+    return float(np.mean(scores.argmax(axis=1) == np.arange(len(queries))))
+
+
+def alignment_by_layer(emb_a: np.ndarray, emb_b: np.ndarray, seed: int = 0):
+    """How aligned two languages are in each layer, from layer_embeddings of translation pairs
+    (row i of emb_a translates row i of emb_b).
+
+    Returns a DataFrame with one row per layer: the mean cosine similarity of translation
+    pairs, of random pairs (every row of emb_a with a different row of emb_b), their
+    difference, and top-1 retrieval accuracy from a to b.
+    """
+    import pandas as pd
+
+    if emb_a.shape != emb_b.shape or emb_a.ndim != 3:
+        raise ValueError("emb_a and emb_b must both be (layers, n, hidden) arrays of one shape, "
+                         f"got {emb_a.shape} and {emb_b.shape}")
+    n = emb_a.shape[1]
+    if n < 2:
+        raise ValueError("need at least two pairs to compare with random pairs")
+    # rolling by 1..n-1 places pairs every sentence with someone else's translation
+    shift = int(np.random.default_rng(seed).integers(1, n))
+    rows = []
+    for layer in range(emb_a.shape[0]):
+        a, b = _unit(emb_a[layer]), _unit(emb_b[layer])
+        pair = float(np.mean(np.sum(a * b, axis=1)))
+        random = float(np.mean(np.sum(a * np.roll(b, shift, axis=0), axis=1)))
+        rows.append({"layer": layer, "translation_cosine": pair, "random_cosine": random,
+                     "difference": pair - random,
+                     "retrieval_top1": retrieval_top1(emb_a[layer], emb_b[layer])})
+    return pd.DataFrame(rows)
+
+
+# --- a classifier on the mean of the token vectors -----------------------------------------------
+
+class MeanPoolClassifier(torch.nn.Module):
+    """encoder -> mean of the token vectors (padding left out) -> dropout -> linear layer.
+
+    BertForSequenceClassification classifies from the [CLS] token through a "pooler" layer that
+    e5 does not ship, so that layer starts random, on a token e5 never trained as a sentence
+    summary. e5 was trained to put a text's meaning into the *mean* of its token vectors, and
+    that is where English and Chinese line up; this head reads it.
+
+    Works with helpers.training (finetune, predict, evaluate) like a transformers sequence
+    classifier: forward(**batch) returns .logits, .loss when labels are given, and
+    .hidden_states with output_hidden_states=True.
+    """
+
+    def __init__(self, encoder, num_labels: int = 2, dropout: float | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.config.num_labels = num_labels
+        self.dropout = torch.nn.Dropout(
+            self.config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = torch.nn.Linear(self.config.hidden_size, num_labels)
+        # how BERT initialises a new head: small normal weights, zero bias
+        torch.nn.init.normal_(self.classifier.weight, std=self.config.initializer_range)
+        torch.nn.init.zeros_(self.classifier.bias)
+
+    def get_input_embeddings(self):
+        return self.encoder.get_input_embeddings()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
+                output_hidden_states=None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids, output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(mean_pool(out.last_hidden_state, attention_mask)))
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
