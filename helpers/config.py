@@ -89,7 +89,7 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=4,
         data_sizes=(16, 32),
         few_shot_ks=(0, 16),
-        max_wild_eval_examples=64,
+        max_wild_eval_examples=32,
     ),
     "cpu": Profile(
         name="cpu",
@@ -118,7 +118,7 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=250,
         data_sizes=(16, 64, 256),
         few_shot_ks=(0, 16, 64, 256),
-        max_wild_eval_examples=400,
+        max_wild_eval_examples=300,
     ),
     "gpu": Profile(
         name="gpu",
