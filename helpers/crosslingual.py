@@ -174,7 +174,7 @@ def alignment_by_layer(emb_a: np.ndarray, emb_b: np.ndarray, seed: int = 0):
     n = emb_a.shape[1]
     if n < 2:
         raise ValueError("need at least two pairs to compare with random pairs")
-    # rolling by 1..n-1 places pairs every sentence with someone else's translation
+    # rolling b by 1..n-1 rows pairs every sentence with some other sentence's translation
     shift = int(np.random.default_rng(seed).integers(1, n))
     rows = []
     for layer in range(emb_a.shape[0]):

@@ -106,7 +106,10 @@ def headline_value(value) -> str:
             n = f" (n={value['n']})" if "n" in value else ""
             return f"{value['accuracy']:.3f} [{value['low']:.3f}, {value['high']:.3f}]{n}"
         if {"difference", "low", "high"} <= value.keys():
-            tests = [f"{name} p = {value[key]:.3g}" for name, key in
+            # below 0.001 the exact value says more about the resamples and approximations than
+            # about the models
+            tests = [f"{name} p " + ("< 0.001" if value[key] < 0.001 else f"= {value[key]:.3g}")
+                     for name, key in
                      (("McNemar", "p_mcnemar"), ("paired bootstrap", "p_paired_bootstrap"))
                      if isinstance(value.get(key), (int, float))]
             return (f"{value['difference']:+.3f} [{value['low']:+.3f}, {value['high']:+.3f}]"

@@ -12,6 +12,9 @@ def test_headline_values_are_readable():
     paired = report.headline_value({"difference": 0.03, "low": -0.01, "high": 0.07, "p_mcnemar": 0.0412,
                                     "p_paired_bootstrap": 0.05})
     assert paired == "+0.030 [-0.010, +0.070]; McNemar p = 0.0412, paired bootstrap p = 0.05"
+    tiny = report.headline_value({"difference": 0.11, "low": 0.07, "high": 0.15, "p_mcnemar": 1.7e-8,
+                                  "p_paired_bootstrap": 0.0})
+    assert tiny == "+0.110 [+0.070, +0.150]; McNemar p < 0.001, paired bootstrap p < 0.001"
     assert report.headline_value({"0": {"mean": 0.7}, "16": {"mean": 0.81}}) == "k=0: 0.700 · k=16: 0.810"
     assert report.headline_value(1.4567) == "1.457" and report.headline_value("e5-en") == "e5-en"
 
