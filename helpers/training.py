@@ -742,9 +742,12 @@ def finetune_main(argv: list[str] | None = None) -> int:
         print(f"profile {profile.name}: {len(train)} training and {len(val)} validation "
               f"reviews ({','.join(args.train_langs)}; domains {domains})", flush=True)
 
+    recipe = profile.mini_bert_finetuning() if args.model == "mini-bert" else {}
+    if args.epochs is not None:
+        recipe.pop("epochs", None)  # --epochs wins (it is already in the profile)
     result = finetune(model, tokenizer, train, val, profile=profile, seed=args.seed,
                       output_dir=args.output / "training", resume=args.resume,
-                      patience=args.patience)
+                      patience=args.patience, **recipe)
     if not main:
         return 0
     model = result.model

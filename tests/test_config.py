@@ -81,3 +81,12 @@ def test_relative_build_dir_is_relative_to_the_repository(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COURSE_BUILD_DIR", "build/smoke")
     assert config.build_dir() == ROOT / "build" / "smoke"
+
+
+def test_mini_bert_takes_its_own_finetuning_recipe():
+    for profile in config.PROFILES.values():
+        recipe = profile.mini_bert_finetuning()
+        assert recipe["freeze_embeddings"] is False
+        # a small model trained from scratch needs a larger rate than the pretrained encoders
+        assert recipe["learning_rate"] > profile.learning_rate
+        assert recipe["epochs"] >= profile.epochs
