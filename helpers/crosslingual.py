@@ -2,7 +2,8 @@
 
 - `segment` and `translate_words`: the weakest possible machine translation, Chinese to English
   word by word with a dictionary (CC-CEDICT, `helpers.data.load_cedict`). It is the baseline
-  that shows what a multilingual encoder does better.
+  that shows what a multilingual encoder does better. `english_lexicon` reads the same
+  dictionary backwards, and `translate_words_en_zh` uses it for English to Chinese.
 - `unk_rate`: how much of a text a tokenizer cannot represent at all.
 - `layer_embeddings`, `alignment_by_layer`: how close a sentence and its translation sit inside
   an encoder, layer by layer (mean-pooled hidden states, cosine similarity, top-1 retrieval).
@@ -12,7 +13,8 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections import Counter
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +92,56 @@ def translate_words(text: str, dictionary: Mapping[str, Sequence[str]],
         gloss = first_gloss(dictionary[piece]) if piece in dictionary else None
         out.append(gloss if gloss else piece.translate(ZH_PUNCTUATION))
     return " ".join(out)
+
+
+# An English word (with an apostrophe part: don't, hotel's), a number, or one other character.
+_ENGLISH_TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|\d+|[^\sA-Za-z\d]")
+
+
+def english_lexicon(dictionary: Mapping[str, Sequence[str]], chinese_texts: Iterable[str] = (),
+                    max_word_len: int = 4) -> dict[str, str]:
+    """English word -> Chinese word, by reading a Chinese -> English dictionary backwards.
+
+    An entry counts when its first gloss (`first_gloss`) is a single English word; "to " in
+    front of a verb is dropped ("to eat" -> "eat"). Many Chinese words share a gloss, most of
+    them rare, so the one met most often in `chinese_texts` (cut into words by `segment`, with
+    words of up to `max_word_len` characters) wins; then the shorter word, then the earlier
+    entry. Keys are lower case.
+    """
+    counts = Counter(word for text in chinese_texts
+                     for word in segment(text, dictionary, max_word_len))
+    best: dict[str, tuple[tuple, str]] = {}
+    for order, (word, glosses) in enumerate(dictionary.items()):
+        gloss = first_gloss(glosses)
+        if gloss is None:
+            continue
+        english = gloss.lower().removeprefix("to ")
+        if not (english.isascii() and english.isalpha()):  # several words, digits, notes
+            continue
+        rank = (-counts[word], len(word), order)
+        if english not in best or rank < best[english][0]:
+            best[english] = (rank, word)
+    return {english: word for english, (_, word) in best.items()}
+
+
+def translate_words_en_zh(text: str, lexicon: Mapping[str, str]) -> str:
+    """English -> Chinese word by word with an `english_lexicon`: every word found in it
+    (case-insensitively) becomes its Chinese word; other words, numbers and punctuation stay
+    as they are. The result is written without spaces, as Chinese is, except between two
+    pieces that stayed Latin."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    out: list[str] = []
+    for token in _ENGLISH_TOKEN.findall(text):
+        piece = lexicon.get(token.lower(), token)
+        if out and _latin(out[-1][-1]) and _latin(piece[0]):
+            out.append(" ")
+        out.append(piece)
+    return "".join(out)
+
+
+def _latin(char: str) -> bool:
+    return char.isascii() and char.isalnum()
 
 
 # --- what a tokenizer cannot see -------------------------------------------------------------

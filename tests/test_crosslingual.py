@@ -3,9 +3,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from helpers.crosslingual import (MeanPoolClassifier, alignment_by_layer, first_gloss,
-                                  layer_embeddings, mean_pool, retrieval_top1, segment,
-                                  translate_words, unk_rate)
+from helpers.crosslingual import (MeanPoolClassifier, alignment_by_layer, english_lexicon,
+                                  first_gloss, layer_embeddings, mean_pool, retrieval_top1,
+                                  segment, translate_words, translate_words_en_zh, unk_rate)
 
 TOY = {
     "酒店": ["hotel"],
@@ -154,3 +154,33 @@ def test_mean_pool_classifier_trains_with_finetune():
     probs = predict(result.model, tokenizer, ["good good", "bad bad"])
     assert probs.shape == (2, 2)
     assert probs[0].argmax() == 1 and probs[1].argmax() == 0
+
+
+def test_english_lexicon_reads_the_dictionary_backwards():
+    toy = {"好": ["good; well"], "佳": ["good; beautiful"], "良好": ["good"], "吃": ["to eat"],
+           "酒店": ["hotel"], "不错": ["(coll.) not bad"], "也": ["surname Ye", "also"]}
+    # without texts to count, the shorter word and then the earlier entry win
+    assert english_lexicon(toy) == {"good": "好", "eat": "吃", "hotel": "酒店", "also": "也"}
+    # the word met most often in Chinese text wins over a shorter, earlier one
+    assert english_lexicon(toy, ["服务良好。", "良好的酒店"])["good"] == "良好"
+
+
+def test_translate_words_en_zh():
+    lexicon = {"good": "好", "hotel": "酒店", "eat": "吃"}
+    assert translate_words_en_zh("Good hotel!", lexicon) == "好酒店!"
+    # untranslated words keep their spaces between each other, numbers survive
+    assert translate_words_en_zh("The hotel was good, 5 stars", lexicon) == "The酒店was好,5 stars"
+    assert translate_words_en_zh("", lexicon) == ""
+    with pytest.raises(TypeError):
+        translate_words_en_zh(None, lexicon)
+
+
+def test_english_lexicon_on_cc_cedict():
+    from helpers.data import load_cedict
+
+    dictionary = load_cedict()
+    # with nothing counted, a rare word can win ("good" -> 善); the counts pick the common one
+    assert english_lexicon(dictionary)["good"] != "好"
+    lexicon = english_lexicon(dictionary, ["房间很好，电池也好。"])
+    assert len(lexicon) > 5000
+    assert (lexicon["good"], lexicon["room"], lexicon["battery"]) == ("好", "房间", "电池")
