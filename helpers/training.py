@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.config import Profile, get_profile, set_seed, with_overrides
+from helpers.config import Profile, get_profile, native_bf16, set_seed, with_overrides
 
 CHECKPOINT = "checkpoint"  # the latest checkpoint of a run lives in output_dir/checkpoint
 MODEL_INFO = "course_model.json"  # written next to a saved fine-tuned model
@@ -90,13 +90,15 @@ class TrainResult:
 
 
 def make_accelerator(bf16: bool = False):
-    """An Accelerator: bf16 autocast only on a CUDA GPU, and cpu=True without one so that
-    `torchrun --nproc_per_node N` on a CPU machine still gives N gloo processes."""
+    """An Accelerator: bf16 autocast when asked for and the chip computes bf16 natively
+    (helpers.config.native_bf16: a CUDA GPU, or a CPU with AVX512-BF16/AMX), and cpu=True
+    without a GPU so that `torchrun --nproc_per_node N` on a CPU machine still gives N gloo
+    processes. The weights and the optimizer stay float32 (mixed precision)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     cuda = torch.cuda.is_available()
-    mixed = "bf16" if (bf16 and cuda) else "no"
+    mixed = "bf16" if (bf16 and native_bf16(torch.device("cuda" if cuda else "cpu"))) else "no"
     try:
         return Accelerator(cpu=not cuda, mixed_precision=mixed)
     except ValueError:

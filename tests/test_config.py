@@ -90,3 +90,22 @@ def test_mini_bert_takes_its_own_finetuning_recipe():
         # a small model trained from scratch needs a larger rate than the pretrained encoders
         assert recipe["learning_rate"] > profile.learning_rate
         assert recipe["epochs"] >= profile.epochs
+
+
+def test_native_bf16_reads_the_cpu_instructions(monkeypatch):
+    # bf16 autocast only pays where the chip has bf16 instructions; elsewhere it is emulated
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert config.native_bf16("cpu") is True
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert config.native_bf16("cpu") is True
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "avx2": True})
+    assert config.native_bf16("cpu") is False
+
+    def cannot_tell():
+        raise RuntimeError("no cpuinfo")
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", cannot_tell)
+    assert config.native_bf16("cpu") is False
+    assert config.native_bf16("mps") is False
+    if not torch.cuda.is_available():
+        assert config.native_bf16("cuda") is False

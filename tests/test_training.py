@@ -231,3 +231,39 @@ def test_batched_predict_equals_one_by_one(tokenizer):
     assert model.training
     with pytest.raises(TypeError, match="list of strings"):
         predict(model, tokenizer, "one review")
+
+
+# --- bf16 -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_only_where_the_chip_has_it(tokenizer, monkeypatch, native):
+    import helpers.training as training
+
+    monkeypatch.setattr(training, "native_bf16", lambda device=None: native)
+    model = tiny_bert(tokenizer)
+    dtypes = set()
+    model.bert.encoder.layer[0].attention.self.query.register_forward_hook(
+        lambda module, inputs, output: dtypes.add(output.dtype))
+    bf16_profile = with_overrides(PROFILE, bf16=True)
+    result = finetune(model, tokenizer, reviews(16), profile=bf16_profile, epochs=1,
+                      progress=False)
+    assert dtypes == ({torch.bfloat16} if native else {torch.float32})
+    # mixed precision: the weights (and so the optimizer) stay float32
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert np.isfinite(result.history["train_loss"]).all()
+
+
+def test_bf16_loss_is_close_to_float32(tokenizer):
+    from helpers.config import native_bf16
+
+    if not native_bf16("cpu"):
+        pytest.skip("this CPU has no bf16 instructions, so the course trains in float32 here")
+    model = tiny_bert(tokenizer).eval()
+    batch = tokenizer([str(t) for t in reviews(16)["text"]], padding=True, return_tensors="pt")
+    labels = torch.tensor(reviews(16)["label"])
+    with torch.no_grad():
+        fp32 = model(**batch, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(**batch, labels=labels).loss
+    # bf16 keeps ~3 significant digits: the loss moves by rounding, not by more
+    assert abs(float(bf16) - float(fp32)) < 0.01 * float(fp32)
