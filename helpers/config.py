@@ -20,9 +20,9 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # oneDNN (PyTorch's CPU matrix kernels) caches a compiled kernel, with the weights reordered for
 # it, for each input shape it meets (1,024 by default). Length-grouped batches bring many shapes:
-# notebook 03's memory grew by ~2 GB over a run. 64 entries: peak 1.9 GB instead of 2.7 GB over
+# notebook 03's memory grew by ~2 GB over a run. 16 entries: peak 1.7 GB instead of 2.7 GB over
 # 900 pretraining steps, at the same speed. Read when oneDNN first runs, so setting it here works.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
 ROOT = Path(__file__).resolve().parent.parent
 
