@@ -15,7 +15,7 @@ the profile freezes them (--train-embeddings to train them everywhere).
   its default sampler and once with train_sampling_strategy="group_by_length"; bf16 exactly
   when ours uses it.
 - Precision: the cpu profile asks for bf16 autocast, which helpers.training turns on only
-  where the CPU has bf16 instructions (helpers.config.native_bf16); elsewhere all run float32.
+  where the CPU has bf16 instructions (helpers.training.uses_bf16); elsewhere all run float32.
 - ours: helpers.training.finetune (length-grouped batches, dynamic padding).
 
 Each figure is examples per second over one pass (the fastest of --rounds), tokenisation
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from helpers.config import get_profile, native_bf16, set_seed, with_overrides  # noqa: E402
+from helpers.config import get_profile, set_seed, with_overrides  # noqa: E402
 
 
 def seed_loop(model, tokenizer, texts, labels, profile, bf16=False):
@@ -97,7 +97,7 @@ def main():
     from helpers.data import load_reviews
     from helpers.models import load_encoder
     from helpers.training import freeze_word_embeddings, length_grouped_batches, padding_fraction
-    from helpers.training import random_batches
+    from helpers.training import random_batches, uses_bf16
 
     hf_logging.set_verbosity_error()
     profile = get_profile("cpu")
@@ -111,7 +111,7 @@ def main():
     if profile.freeze_embeddings:
         freeze_word_embeddings(base)
     trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
-    bf16 = profile.bf16 and native_bf16("cpu")  # what our loop will do
+    bf16 = uses_bf16(profile.bf16)  # what our loop will do
 
     lengths = [len(ids) for ids in tokenizer(list(train["text"]), truncation=True,
                                               max_length=profile.max_seq_len)["input_ids"]]

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from helpers.config import PROFILES, Profile, get_profile, native_bf16, set_seed
+from helpers.config import PROFILES, Profile, get_profile, set_seed
 
 HEADS = ("mlm", "pretraining", "classification", None)
 TASKS = ("mlm", "classification")
@@ -225,8 +225,10 @@ def time_trainer(model, examples, *, batch_size: int, steps: int, warmup: int,
     """The same measurement for transformers' Trainer, with the same settings as train_loop:
     learning rate of the profile, no warm-up of the learning rate, weight decay 0.01,
     gradient clipping at 1, bf16 when the profile asks for it and the chip has it natively
-    (helpers.config.native_bf16, as train_loop decides), fused AdamW."""
+    (helpers.training.uses_bf16, as train_loop decides), fused AdamW."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from helpers.training import uses_bf16
     from transformers.trainer_callback import PrinterCallback
 
     marks = {}
@@ -241,7 +243,7 @@ def time_trainer(model, examples, *, batch_size: int, steps: int, warmup: int,
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=warmup + steps,
             learning_rate=profile.learning_rate, warmup_steps=0, weight_decay=0.01,
-            max_grad_norm=1.0, bf16=profile.bf16 and native_bf16(), use_cpu=not cuda,
+            max_grad_norm=1.0, bf16=uses_bf16(profile.bf16), use_cpu=not cuda,
             report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
             dataloader_num_workers=0, seed=0)
         trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate,
@@ -408,6 +410,8 @@ def bench_main(argv: list[str] | None = None) -> int:
         # wait can last a time slice (steps ten times slower), and a tiny model gains nothing
         # from a second thread anyway.
         torch.set_num_threads(1)
+    from helpers.training import uses_bf16
+
     main = int(os.environ.get("RANK", "0")) == 0
     peak = gpu_peak()
     gpu = torch.cuda.is_available()
@@ -419,7 +423,7 @@ def bench_main(argv: list[str] | None = None) -> int:
               f"{config.hidden_size}, vocabulary {config.vocab_size:,} ({params / 1e6:.1f}M "
               f"parameters with the MLM head); sequences of {seq_len} random tokens, batch "
               f"{batch_size}, {_plural(steps, 'timed step')} after {_plural(warmup, 'warm-up step')}; profile "
-              f"{profile.name}" + (", bf16 autocast" if profile.bf16 and native_bf16() else ", fp32"))
+              f"{profile.name}" + (", bf16 autocast" if uses_bf16(profile.bf16) else ", fp32"))
         for task in tasks:
             print(f"training FLOPs per token, {task}: "
                   f"{flops_per_token(config, seq_len, head=task):.3e}")

@@ -89,6 +89,13 @@ class TrainResult:
     info: dict = field(default_factory=dict)
 
 
+def uses_bf16(bf16: bool) -> bool:
+    """Whether training runs in bf16 when a profile asks for `bf16`: only where the chip that
+    trains (the GPU when there is one, else the CPU) computes bf16 natively."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return bool(bf16) and native_bf16(device)
+
+
 def make_accelerator(bf16: bool = False):
     """An Accelerator: bf16 autocast when asked for and the chip computes bf16 natively
     (helpers.config.native_bf16: a CUDA GPU, or a CPU with AVX512-BF16/AMX), and cpu=True
@@ -98,7 +105,7 @@ def make_accelerator(bf16: bool = False):
     from accelerate.state import AcceleratorState
 
     cuda = torch.cuda.is_available()
-    mixed = "bf16" if (bf16 and native_bf16(torch.device("cuda" if cuda else "cpu"))) else "no"
+    mixed = "bf16" if uses_bf16(bf16) else "no"
     try:
         return Accelerator(cpu=not cuda, mixed_precision=mixed)
     except ValueError:
