@@ -6,6 +6,8 @@ meaningful on a laptop, and `gpu` uses all data and bigger models.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import random
@@ -219,6 +221,22 @@ def native_bf16(device=None) -> bool:
     except (AttributeError, RuntimeError):  # a torch that cannot tell
         return False
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def release_memory() -> None:
+    """Hand memory that Python and torch have freed back to the operating system.
+
+    glibc keeps freed heap memory for later use, so after a fine-tuning run a process can hold
+    a gigabyte it no longer uses (measured: fine-tuning multilingual-e5-small on 64 reviews left
+    1.7 GB resident for 0.2 GB of live tensors; malloc_trim took it to 0.7 GB). Each later run
+    then climbs from there, and a notebook with many runs ends far above what it ever needed at
+    once. A no-op where the C library has no malloc_trim (macOS, Windows, musl)."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def get_device():

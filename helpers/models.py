@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from helpers.config import Profile, build_dir, get_profile, hub_reachable
+from helpers.config import Profile, build_dir, get_profile, hub_reachable, release_memory
 
 E5_HUB_ID = "intfloat/multilingual-e5-small"
 EMBEDDED = {  # what describe_models() reports; sizes are read from the configs
@@ -133,6 +133,7 @@ def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool |
         tokenizer = AutoTokenizer.from_pretrained(source)
     if trim_to is not None:
         model, tokenizer = trim_vocabulary(model, tokenizer, trim_to)
+        release_memory()  # the full vocabulary's embeddings (e5: 96M parameters) are freed
     return model, tokenizer
 
 

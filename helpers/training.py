@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.config import Profile, get_profile, native_bf16, set_seed, with_overrides
+from helpers.config import (Profile, get_profile, native_bf16, release_memory, set_seed,
+                            with_overrides)
 
 CHECKPOINT = "checkpoint"  # the latest checkpoint of a run lives in output_dir/checkpoint
 MODEL_INFO = "course_model.json"  # written next to a saved fine-tuned model
@@ -451,7 +452,12 @@ def train_loop(
 
     if best_weights is not None:
         raw_model.load_state_dict(best_weights)
+    # prepare() wrapped forward in bf16 autocast; without the wrapper, predictions of the
+    # returned model are float32, the same as those of the model saved and loaded again.
+    raw_model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     accelerator.free_memory()
+    del model, optimizer, scheduler
+    release_memory()  # the optimizer state and the activations are gone: give their memory back
     return TrainResult(
         model=raw_model, history=pd.DataFrame(state["history"]),
         best_metric=state["best_metric"], best_step=state["best_step"], steps=state["step"],

@@ -251,6 +251,11 @@ def test_bf16_autocast_only_where_the_chip_has_it(tokenizer, monkeypatch, native
     # mixed precision: the weights (and so the optimizer) stay float32
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     assert np.isfinite(result.history["train_loss"]).all()
+    # the trained model comes back without the autocast wrapper: it predicts in float32, as
+    # it will when loaded from disk
+    dtypes.clear()
+    predict(result.model, tokenizer, ["a fine book", "dull"], max_length=16)
+    assert dtypes == {torch.float32}
 
 
 def test_bf16_loss_is_close_to_float32(tokenizer):
