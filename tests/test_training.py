@@ -13,9 +13,11 @@ from helpers.training import (
     evaluate,
     finetune,
     length_grouped_batches,
+    load_finetuned,
     padding_fraction,
     predict,
     random_batches,
+    save_finetuned,
     train_loop,
 )
 
@@ -236,7 +238,7 @@ def test_batched_predict_equals_one_by_one(tokenizer):
 # --- bf16 -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("native", [True, False])
-def test_bf16_autocast_only_where_the_chip_has_it(tokenizer, monkeypatch, native):
+def test_bf16_autocast_only_where_the_chip_has_it(tokenizer, monkeypatch, native, tmp_path):
     import helpers.training as training
 
     monkeypatch.setattr(training, "native_bf16", lambda device=None: native)
@@ -251,11 +253,17 @@ def test_bf16_autocast_only_where_the_chip_has_it(tokenizer, monkeypatch, native
     # mixed precision: the weights (and so the optimizer) stay float32
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     assert np.isfinite(result.history["train_loss"]).all()
-    # the trained model comes back without the autocast wrapper: it predicts in float32, as
-    # it will when loaded from disk
-    dtypes.clear()
-    predict(result.model, tokenizer, ["a fine book", "dull"], max_length=16)
-    assert dtypes == {torch.float32}
+    # predict, not the way the model was made, decides the precision: the trained model comes
+    # back without Accelerate's autocast wrapper and gives what the saved-and-loaded one gives
+    texts = [str(t) for t in reviews(8, seed=1)["text"]]
+    for bf16 in (False, True):
+        dtypes.clear()
+        probs = predict(result.model, tokenizer, texts, max_length=32, bf16=bf16)
+        assert dtypes == ({torch.bfloat16} if bf16 and native else {torch.float32})
+    save_finetuned(result.model, tokenizer, tmp_path, max_seq_len=32)
+    loaded, loaded_tokenizer, _ = load_finetuned(tmp_path)
+    np.testing.assert_array_equal(probs, predict(loaded, loaded_tokenizer, texts, max_length=32,
+                                                 bf16=True))
 
 
 def test_bf16_loss_is_close_to_float32(tokenizer):
