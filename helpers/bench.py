@@ -227,9 +227,9 @@ def time_trainer(model, examples, *, batch_size: int, steps: int, warmup: int,
     gradient clipping at 1, bf16 when the profile asks for it and the chip has it natively
     (helpers.training.uses_bf16, as train_loop decides), fused AdamW."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     from helpers.training import uses_bf16
-    from transformers.trainer_callback import PrinterCallback
 
     marks = {}
 

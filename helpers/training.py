@@ -557,8 +557,9 @@ def _predict_features(model, tokenizer, features, batch_size, bf16=None):
     collate = _collator(tokenizer)
     device = next(model.parameters()).device
     bf16 = get_profile().bf16 if bf16 is None else bf16
+    # the chip the model is on decides, as uses_bf16 does for training
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=device.type in ("cpu", "cuda") and uses_bf16(bf16))
+                              enabled=bool(bf16) and native_bf16(device))
     was_training = model.training
     model.eval()
     # longest first, so batches hold similar lengths; results go back to input order
