@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from helpers.config import PROFILES, Profile, get_profile, set_seed
+from helpers.config import PROFILES, Profile, add_profile_argument, get_profile, set_seed
 
 HEADS = ("mlm", "pretraining", "classification", None)
 TASKS = ("mlm", "classification")
@@ -357,8 +357,7 @@ def bench_main(argv: list[str] | None = None) -> int:
         prog="python -m helpers bench",
         description="Training throughput of the course's loop and of transformers' Trainer on "
                     "random tokens: tokens/s, achieved FLOP/s and, on a known GPU, MFU.")
-    parser.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: "
-                        "$COURSE_PROFILE, else gpu with CUDA, else cpu)")
+    add_profile_argument(parser)
     parser.add_argument("--model-size", choices=list(MODEL_SIZES), default=None,
                         help="tiny/mini: the smoke/cpu profile's mini BERT; base: BERT-base "
                              "(default: the profile's)")
@@ -381,11 +380,7 @@ def bench_main(argv: list[str] | None = None) -> int:
                         help="CPU threads for torch (default: one with the smoke profile or "
                              "when other jobs keep the cores busy, else torch's choice)")
     args = parser.parse_args(argv)
-    try:
-        profile = get_profile(args.profile)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    profile = get_profile(args.profile)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown or not tasks:

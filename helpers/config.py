@@ -191,6 +191,23 @@ def get_profile(name: str | None = None) -> Profile:
     return PROFILES[key]
 
 
+def add_profile_argument(parser) -> None:
+    """Add --profile to a command-line parser (finetune, pretrain, bench). An unknown name, given
+    or taken from $COURSE_PROFILE, is refused by argparse itself: usage, the valid names, exit 2."""
+    import argparse
+
+    def known(name: str) -> str:
+        try:
+            return get_profile(name).name
+        except UnknownProfileError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    # argparse passes a string default through `type` too, so a bad $COURSE_PROFILE is caught here
+    parser.add_argument("--profile", type=known, default=os.environ.get("COURSE_PROFILE") or None,
+                        help="smoke, cpu or gpu (default: $COURSE_PROFILE, else gpu with CUDA, "
+                             "else cpu)")
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so a run can be repeated exactly."""
     import numpy as np

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from helpers.config import Profile, get_profile, with_overrides
+from helpers.config import Profile, add_profile_argument, get_profile, with_overrides
 
 IGNORE = -100  # the label that cross-entropy skips: positions the model is not asked about
 MLM_PROBABILITY = 0.15
@@ -631,8 +631,7 @@ def pretrain_main(argv: list[str] | None = None) -> int:
         prog="python -m helpers pretrain",
         description="Pretrain the course's mini BERT from scratch on the English and Chinese "
                     "corpora with MLM + NSP (or MLM only); saves model and tokenizer.")
-    parser.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: "
-                        "$COURSE_PROFILE, else gpu with CUDA, else cpu)")
+    add_profile_argument(parser)
     parser.add_argument("--output", type=Path, default=None,
                         help="directory for the model (default: build/checkpoints/mini-bert, or "
                              "mini-bert-mlm-only with --no-nsp); checkpoints go to OUTPUT/training")
@@ -646,11 +645,7 @@ def pretrain_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--langs", default=",".join(LANGS),
                         help="corpora to pretrain on, e.g. en or en,zh")
     args = parser.parse_args(argv)
-    try:
-        profile = get_profile(args.profile)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    profile = get_profile(args.profile)
     if args.steps is not None:
         if args.steps < 1:
             print(f"error: --steps must be at least 1, got {args.steps}", file=sys.stderr)

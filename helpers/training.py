@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.config import (Profile, get_profile, native_bf16, release_memory, set_seed,
-                            with_overrides)
+from helpers.config import (Profile, add_profile_argument, get_profile, native_bf16,
+                            release_memory, set_seed, with_overrides)
 
 CHECKPOINT = "checkpoint"  # the latest checkpoint of a run lives in output_dir/checkpoint
 MODEL_INFO = "course_model.json"  # written next to a saved fine-tuned model
@@ -718,8 +718,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domains", default=None, help="all (default), or e.g. books,hotel",
                         type=lambda v: None if v.strip().lower() == "all"
                         else _split_list(v, "--domains"))
-    parser.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: "
-                        "$COURSE_PROFILE, else gpu with CUDA, else cpu)")
+    add_profile_argument(parser)
     parser.add_argument("--output", required=True, type=Path, help="directory for the model")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -728,11 +727,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in OUTPUT/training")
     args = parser.parse_args(argv)
-    try:
-        profile = get_profile(args.profile)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    profile = get_profile(args.profile)
     if args.epochs is not None:
         if args.epochs < 1:
             print(f"error: --epochs must be at least 1, got {args.epochs}", file=sys.stderr)

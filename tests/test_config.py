@@ -34,6 +34,34 @@ def test_unknown_profile_lists_valid_ones():
         config.get_profile("bogus")
 
 
+def parse_profile(argv, env, monkeypatch):
+    import argparse
+
+    if env is None:
+        monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    else:
+        monkeypatch.setenv("COURSE_PROFILE", env)
+    parser = argparse.ArgumentParser()
+    config.add_profile_argument(parser)
+    return parser.parse_args(argv).profile
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    ([], None, None), (["--profile", "CPU"], None, "cpu"), ([], "Smoke", "smoke"),
+    (["--profile", "gpu"], "smoke", "gpu"),  # the flag wins over the environment
+])
+def test_profile_argument(argv, env, expected, monkeypatch):
+    assert parse_profile(argv, env, monkeypatch) == expected
+
+
+@pytest.mark.parametrize("argv, env", [(["--profile", "laptop"], None), ([], "laptop")])
+def test_profile_argument_refuses_an_unknown_name(argv, env, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_profile(argv, env, monkeypatch)
+    assert stop.value.code == 2
+    assert "unknown profile 'laptop'; valid profiles: smoke, cpu, gpu" in capsys.readouterr().err
+
+
 def test_make_refuses_a_bogus_profile_at_once():
     env = dict(os.environ, COURSE_PROFILE="bogus")
     run = subprocess.run(["make", "-s", "course"], cwd=ROOT, env=env, capture_output=True, text=True,

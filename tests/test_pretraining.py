@@ -329,6 +329,8 @@ def test_cli_pretrains_and_saves_a_checkpoint_load_encoder_reads(tmp_path, monke
 def test_cli_rejects_bad_arguments():
     from helpers.pretraining import pretrain_main
 
-    assert pretrain_main(["--profile", "nope"]) == 2
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it (helpers.config.add_profile_argument)
+        pretrain_main(["--profile", "nope"])
+    assert stop.value.code == 2
     assert pretrain_main(["--profile", "smoke", "--steps", "0"]) == 2
     assert pretrain_main(["--profile", "smoke", "--langs", "fr"]) == 2
