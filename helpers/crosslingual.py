@@ -7,8 +7,6 @@
 - `unk_rate`: how much of a text a tokenizer cannot represent at all.
 - `layer_embeddings`, `alignment_by_layer`: how close a sentence and its translation sit inside
   an encoder, layer by layer (mean-pooled hidden states, cosine similarity, top-1 retrieval).
-- `MeanPoolClassifier`: a classification head that reads the average of the token vectors, the
-  sentence vector e5 was trained to produce, instead of BERT's [CLS] pooler (which e5 lacks).
 """
 from __future__ import annotations
 
@@ -18,6 +16,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from helpers.heads import mean_pool
 
 # Chinese punctuation has a plain ASCII twin that an English tokenizer knows.
 ZH_PUNCTUATION = str.maketrans({"，": ",", "。": ".", "！": "!", "？": "?", "：": ":", "；": ";",
@@ -162,13 +162,6 @@ def unk_rate(tokenizer, texts: Sequence[str]) -> float:
 
 # --- alignment inside an encoder ---------------------------------------------------------------
 
-def mean_pool(hidden, attention_mask):
-    """Average of the token vectors of each sequence, padding left out: (batch, seq, d) ->
-    (batch, d). This is how e5 turns tokens into one sentence vector."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-
-
 def layer_embeddings(model, tokenizer, texts: Sequence[str], *, prefix: str = "",
                      batch_size: int = 64, max_length: int = 128) -> np.ndarray:
     """Mean-pooled hidden states of every layer: an array (layers + 1, len(texts), hidden).
@@ -237,46 +230,3 @@ def alignment_by_layer(emb_a: np.ndarray, emb_b: np.ndarray, seed: int = 0):
                      "difference": pair - random,
                      "retrieval_top1": retrieval_top1(emb_a[layer], emb_b[layer])})
     return pd.DataFrame(rows)
-
-
-# --- a classifier on the mean of the token vectors -----------------------------------------------
-
-class MeanPoolClassifier(torch.nn.Module):
-    """encoder -> mean of the token vectors (padding left out) -> dropout -> linear layer.
-
-    BertForSequenceClassification classifies from the [CLS] token through a "pooler" layer that
-    e5 does not ship, so that layer starts random, on a token e5 never trained as a sentence
-    summary. e5 was trained to put a text's meaning into the *mean* of its token vectors, and
-    that is where English and Chinese line up; this head reads it.
-
-    Works with helpers.training (finetune, predict, evaluate) like a transformers sequence
-    classifier: forward(**batch) returns .logits, .loss when labels are given, and
-    .hidden_states with output_hidden_states=True.
-    """
-
-    def __init__(self, encoder, num_labels: int = 2, dropout: float | None = None):
-        super().__init__()
-        self.encoder = encoder
-        self.config = encoder.config
-        self.config.num_labels = num_labels
-        self.dropout = torch.nn.Dropout(
-            self.config.hidden_dropout_prob if dropout is None else dropout)
-        self.classifier = torch.nn.Linear(self.config.hidden_size, num_labels)
-        # how BERT initialises a new head: small normal weights, zero bias
-        torch.nn.init.normal_(self.classifier.weight, std=self.config.initializer_range)
-        torch.nn.init.zeros_(self.classifier.bias)
-
-    def get_input_embeddings(self):
-        return self.encoder.get_input_embeddings()
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                output_hidden_states=None):
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                           token_type_ids=token_type_ids, output_hidden_states=output_hidden_states)
-        logits = self.classifier(self.dropout(mean_pool(out.last_hidden_state, attention_mask)))
-        loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)

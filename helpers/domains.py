@@ -113,6 +113,8 @@ def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], *, prefix: st
     import torch
     from tqdm.auto import tqdm
 
+    from helpers.heads import mean_pool
+
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not one string")
     texts = [prefix + t for t in texts]
@@ -132,9 +134,8 @@ def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], *, prefix: st
                 batch = tokenizer([texts[i] for i in idx], truncation=True,
                                   max_length=max_length, padding=True, return_tensors="pt")
                 batch = {k: v.to(device) for k, v in batch.items()}
-                hidden = encoder(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+                pooled = mean_pool(encoder(**batch).last_hidden_state.float(),
+                                   batch["attention_mask"])
                 if normalize:
                     pooled = torch.nn.functional.normalize(pooled, dim=-1)
                 out[idx] = pooled.cpu().numpy()

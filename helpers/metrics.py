@@ -58,11 +58,14 @@ def paired_bootstrap(y_true, pred_a, pred_b, n_boot: int = 5000, level: float = 
                      seed: int = 0) -> dict:
     """Is A more accurate than B on these items? Resample items, keep the pairing.
 
+    pred_a and pred_b may also be (runs, items) arrays, e.g. one row per seed: each item's
+    correctness is then averaged over the runs, so the difference is that of the mean accuracies.
     Returns the accuracy difference A - B, its interval, and a two-sided p-value (twice the
     share of resamples on the other side of zero).
     """
     y_true, a, b = map(np.asarray, (y_true, pred_a, pred_b))
-    diff = (a == y_true).astype(float) - (b == y_true).astype(float)
+    diff = (np.atleast_2d(a == y_true).mean(axis=0)
+            - np.atleast_2d(b == y_true).mean(axis=0))
     samples = diff[_boot_indices(len(diff), n_boot, seed)].mean(axis=1)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(samples, [tail, 100 - tail])

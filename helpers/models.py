@@ -22,7 +22,9 @@ import os
 import time
 from pathlib import Path
 
-from helpers.config import Profile, build_dir, get_profile, hub_reachable, release_memory
+from helpers.config import (Profile, build_dir, get_profile, hub_reachable, release_memory,
+                            set_seed)
+from helpers.heads import MEAN_POOLED, head_class, pooling_of, saved_pooling
 
 E5_HUB_ID = "intfloat/multilingual-e5-small"
 EMBEDDED = {  # what describe_models() reports; sizes are read from the configs
@@ -96,7 +98,9 @@ def _label_kwargs(num_labels: int) -> dict:
 
 
 def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool | None = None,
-                 trim_to=None, profile: Profile | str | None = None, tokenizer=None, **kwargs):
+                 trim_to=None, pooling: str | None = None, random_init: bool = False,
+                 seed: int | None = None, profile: Profile | str | None = None, tokenizer=None,
+                 **kwargs):
     """(model, tokenizer) for a registry name, a local directory or a hub id.
 
     num_labels: None gives the bare encoder (AutoModel); a number adds a classification head
@@ -106,12 +110,19 @@ def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool |
         the model will see, evaluation texts included (only their tokens are used, never their
         labels), exactly as it will see them, e.g. with e5's "query: " prefix; texts left out
         may meet <unk>. The result saves and loads like any model directory.
+    pooling: with num_labels, which head reads the encoder: "mean" (the attention-masked mean of
+        the last layer; the default for encoders trained for it, see helpers.heads) or "cls"
+        (BERT's pooler on [CLS]; the default otherwise).
+    random_init: the same architecture and tokenizer with freshly initialised weights (the
+        "random twin" that shows what pretraining buys).
+    seed: set before any weight is drawn (the new head, or every weight with random_init), so
+        the same call gives the same model.
     profile, tokenizer: only for a fresh mini-bert (no checkpoint yet): its size and its
         tokenizer (default: the profile's course tokenizer).
     kwargs go to from_pretrained / from_config, e.g. attn_implementation="eager" to get
     attention weights back.
     """
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     if kwargs.pop("trust_remote_code", False):
         raise ValueError("trust_remote_code is not allowed in this course: it runs code "
@@ -120,16 +131,25 @@ def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool |
         raise ValueError(f"num_labels must be a positive integer or None, got {num_labels!r}")
     source = resolve(name, prefer_hub)
     head = _label_kwargs(num_labels) if num_labels else {}
-    auto = AutoModelForSequenceClassification if num_labels else AutoModel
+    if num_labels and pooling is None:
+        pooling = _saved_pooling(source) or pooling_of(name)
+    auto = head_class(pooling) if num_labels else AutoModel
+    if seed is not None:
+        set_seed(seed)
 
     if name == "mini-bert" and not _has_checkpoint(Path(source)):
         model, tokenizer = _fresh_mini_bert(auto, head, profile, tokenizer, kwargs)
     else:
         if name == "mini-bert":
-            print(f"mini-bert: loading the pretrained checkpoint in {source}")
-        if name == "multilingual-e5-small" and not num_labels and source != E5_HUB_ID:
-            kwargs.setdefault("add_pooling_layer", False)  # e5 averages tokens; no pooler weights
-        model = auto.from_pretrained(source, use_safetensors=True, **head, **kwargs)
+            print(f"mini-bert: {'the architecture of' if random_init else 'loading'} the "
+                  f"pretrained checkpoint in {source}")
+        if name in MEAN_POOLED and not num_labels and source != E5_HUB_ID:
+            kwargs.setdefault("add_pooling_layer", False)  # averaged tokens need no pooler
+        if random_init:
+            config = AutoConfig.from_pretrained(source, **head)
+            model = _from_config(auto, config, **kwargs)
+        else:
+            model = auto.from_pretrained(source, use_safetensors=True, **head, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
     if trim_to is not None:
         model, tokenizer = trim_vocabulary(model, tokenizer, trim_to)
@@ -148,7 +168,22 @@ def _fresh_mini_bert(auto, head, profile, tokenizer, kwargs):
                         pad_token_id=tokenizer.pad_token_id, **head)
     print(f"mini-bert: no checkpoint in {mini_bert_checkpoint()}; freshly initialised "
           f"({profile.name} profile size, random weights: notebook 03 pretrains it)")
-    return auto.from_config(config, **kwargs), tokenizer
+    return _from_config(auto, config, **kwargs), tokenizer
+
+
+def _saved_pooling(source: str) -> str | None:
+    """"mean" for a directory saved with the mean-pooling head, else None (the name decides)."""
+    from transformers import AutoConfig
+
+    if not (Path(source) / "config.json").is_file():
+        return None
+    return "mean" if saved_pooling(AutoConfig.from_pretrained(source)) == "mean" else None
+
+
+def _from_config(auto, config, **kwargs):
+    # Auto classes build from a config with from_config, a model class with _from_config
+    return auto.from_config(config, **kwargs) if hasattr(auto, "from_config") \
+        else auto._from_config(config, **kwargs)
 
 
 # --- the registry as a table ---------------------------------------------------------------

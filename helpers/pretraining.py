@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -402,7 +402,8 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
              batch_size: int | None = None, learning_rate: float | None = None,
              max_length: int | None = None, seed: int = 0, output_dir: str | Path | None = None,
              resume: bool = False, stop_after: int | None = None, evaluations: int = 10,
-             progress: bool = True, desc: str | None = None):
+             progress: bool = True, desc: str | None = None,
+             on_step: Callable[[int, float], None] | None = None):
     """Pretrain `model` with MLM (+ NSP when nsp) on `train_examples`; returns the TrainResult
     of helpers.training.train_loop, whose `model` is `model` itself.
 
@@ -413,6 +414,8 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
     with NSP, val_nsp_loss, val_nsp_accuracy; train_loss is the sum of both losses. The
     weights with the best held-out MLM accuracy are kept (nearly always the last ones).
     `output_dir`, `resume`, `stop_after`: checkpoints and exact resume, as in train_loop.
+    on_step(step, loss): called after every optimizer step (e.g. to copy the weights at a few
+    points of the budget).
     result.info adds: unigram_baseline (accuracy) and unigram_token, tokens_per_s (training
     tokens per second in this session, evaluation time excluded), tokens_per_step,
     train_examples, heldout_examples, train_tokens, nsp.
@@ -452,6 +455,8 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
 
     def count_step(step, loss):
         clock["steps"] += 1
+        if on_step is not None:
+            on_step(step, loss)
 
     started = time.perf_counter()
     result = train_loop(

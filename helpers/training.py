@@ -123,6 +123,20 @@ def freeze_word_embeddings(model: torch.nn.Module) -> int:
     return weight.numel()
 
 
+def freeze_lower_layers(model: torch.nn.Module, layers: int) -> int:
+    """Stop training the embeddings and the first `layers` transformer layers of a BERT-style
+    encoder; returns how many parameters that froze. The frozen layers keep the features
+    pretraining gave them (and their backward pass is skipped)."""
+    encoder = getattr(model, "base_model", model)
+    blocks = list(encoder.encoder.layer)
+    if not 0 <= layers <= len(blocks):
+        raise ValueError(f"layers must be between 0 and {len(blocks)}, got {layers}")
+    frozen = [*encoder.embeddings.parameters(), *(p for b in blocks[:layers] for p in b.parameters())]
+    for param in frozen:
+        param.requires_grad_(False)
+    return sum(p.numel() for p in frozen)
+
+
 def _param_groups(model, weight_decay):
     # Biases and LayerNorm weights are the 1-D parameters; decaying them towards 0 only hurts.
     decay, no_decay = [], []
@@ -621,12 +635,15 @@ def finetune(model, tokenizer, train_ds, eval_ds=None, *, profile: Profile | Non
              epochs: int | None = None, batch_size: int | None = None,
              learning_rate: float | None = None, metric: str = "accuracy",
              patience: int | None = None, freeze_embeddings: bool | None = None,
-             **loop_kwargs) -> TrainResult:
+             probe_init: bool = False, frozen_layers: int = 0, **loop_kwargs) -> TrainResult:
     """Fine-tune a sequence classifier on `train_ds` (a datasets.Dataset with text and label).
 
     Each epoch ends with accuracy and macro-F1 on `eval_ds` (history columns val_accuracy,
     val_macro_f1); `metric` picks the one that chooses the best weights and early stopping.
-    Word embeddings are frozen when the profile says so. Other keyword arguments go to
+    Word embeddings are frozen when the profile says so. probe_init: start the head as a linear
+    probe of the frozen features (LP-FT; heads with a mean pool only, see helpers.heads.probe_head).
+    frozen_layers: also freeze the embeddings and this many lower layers (freeze_lower_layers).
+    `recipe_for(name)` gives the course's choice of both per encoder. Other keyword arguments go to
     `train_loop` (max_steps, stop_after, grad_accum_steps, checkpoint_every, on_step, ...).
     `result.info["padding"]` compares the padding of length-grouped and random batches.
     """
@@ -636,6 +653,10 @@ def finetune(model, tokenizer, train_ds, eval_ds=None, *, profile: Profile | Non
     _check_columns(train_ds, "train_ds")
     train = encode(tokenizer, train_ds["text"], train_ds["label"], max_length=max_len)
     lengths = [len(f["input_ids"]) for f in train]
+    if probe_init:
+        _probe_init(model, tokenizer, train_ds, max_len)
+    if frozen_layers:
+        freeze_lower_layers(model, frozen_layers)
 
     eval_fn = None
     if eval_ds is not None:
@@ -664,11 +685,42 @@ def finetune(model, tokenizer, train_ds, eval_ds=None, *, profile: Profile | Non
     return result
 
 
+def _probe_init(model, tokenizer, train_ds, max_length):
+    from helpers.domains import mean_pooled_embeddings
+    from helpers.heads import MeanPoolForSequenceClassification, probe_head
+
+    if not isinstance(model, MeanPoolForSequenceClassification):
+        raise ValueError("probe_init needs a mean-pooling head (load_encoder(..., pooling='mean'))")
+    features = mean_pooled_embeddings(model, tokenizer, list(train_ds["text"]),
+                                      max_length=max_length, normalize=False)
+    probe_head(model, features, train_ds["label"], C=PROBE_C)
+
+
+# The head of LP-FT: a logistic regression with this C on standardised features (for e5 on the
+# English validation split, 0.01 and 0.1 tie and 1.0 is worse).
+PROBE_C = 0.1
+# How the course fine-tunes an encoder, beyond the profile's sizes. For e5, LP-FT with the lower
+# layers frozen keeps the features that carry a classifier to Chinese (notebook 06 compares it with
+# full fine-tuning and with frozen features; the README gives the command line's measurements).
+RECIPES = {"multilingual-e5-small": {"probe_init": True, "frozen_layers": 9}}
+
+
+def recipe_for(name: str, profile: Profile) -> dict:
+    """`finetune` keyword arguments the course uses for an encoder name: the mini BERT's own rate
+    and epochs, e5's feature-preserving LP-FT, nothing (the profile's recipe) otherwise."""
+    if name == "mini-bert":
+        return profile.mini_bert_finetuning()
+    return dict(RECIPES.get(name, {}))
+
+
 # --- saving a fine-tuned model ---------------------------------------------------------------
 
 def save_finetuned(model, tokenizer, path: str | Path, *, max_seq_len: int,
-                   labels: Sequence[str] | None = None) -> Path:
-    """Model and tokenizer (save_pretrained) plus labels and max_seq_len for `predict`."""
+                   labels: Sequence[str] | None = None, prefix: str = "") -> Path:
+    """Model and tokenizer (save_pretrained) plus labels, max_seq_len, the head's pooling and
+    the text prefix the model was trained with (e5's "query: "), for `predict`."""
+    from helpers.heads import saved_pooling
+
     path = Path(path)
     n = model.config.num_labels
     labels = list(labels) if labels is not None else [model.config.id2label[i] for i in range(n)]
@@ -679,20 +731,25 @@ def save_finetuned(model, tokenizer, path: str | Path, *, max_seq_len: int,
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     (path / MODEL_INFO).write_text(
-        json.dumps({"labels": labels, "max_seq_len": max_seq_len}, indent=2), encoding="utf-8")
+        json.dumps({"labels": labels, "max_seq_len": max_seq_len, "prefix": prefix,
+                    "pooling": saved_pooling(model.config)}, indent=2), encoding="utf-8")
     return path
 
 
 def load_finetuned(path: str | Path):
-    """(model, tokenizer, info) of a directory written by `save_finetuned`."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(model, tokenizer, info) of a directory written by `save_finetuned`; the model comes back
+    with the head it was trained with (helpers.heads)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from helpers.heads import head_class, saved_pooling
 
     path = Path(path)
     if not (path / MODEL_INFO).is_file():
         raise FileNotFoundError(f"{path} is not a fine-tuned model directory (no {MODEL_INFO}); "
                                 "make one with `python -m helpers finetune --output DIR`")
     info = json.loads((path / MODEL_INFO).read_text(encoding="utf-8"))
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    info.setdefault("prefix", "")  # saved before prefixes were recorded
+    model = head_class(saved_pooling(AutoConfig.from_pretrained(path))).from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer, info
 
@@ -740,6 +797,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
         print(f"processes: {accelerator.num_processes}", flush=True)
 
     from helpers.data import LABELS, load_reviews
+    from helpers.heads import PREFIXES
     from helpers.models import load_encoder
 
     try:
@@ -752,8 +810,12 @@ def finetune_main(argv: list[str] | None = None) -> int:
     train = _cap(train, profile.max_train_examples, args.seed)
     val = _cap(val, profile.max_eval_examples, args.seed)
     domains = ",".join(args.domains) if args.domains else "all"
+    prefix = PREFIXES.get(args.model, "")
+    if prefix:  # e5 reads every text after its task prefix, in training as in prediction
+        train, val, test = (ds.map(lambda row: {"text": prefix + row["text"]})
+                            for ds in (train, val, test))
     try:
-        model, tokenizer = load_encoder(args.model, num_labels=len(LABELS))
+        model, tokenizer = load_encoder(args.model, num_labels=len(LABELS), seed=args.seed)
     except (OSError, ValueError) as err:  # ModelUnavailableError is an OSError
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -761,7 +823,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
         print(f"profile {profile.name}: {len(train)} training and {len(val)} validation "
               f"reviews ({','.join(args.train_langs)}; domains {domains})", flush=True)
 
-    recipe = profile.mini_bert_finetuning() if args.model == "mini-bert" else {}
+    recipe = recipe_for(args.model, profile)
     if args.epochs is not None:
         recipe.pop("epochs", None)  # --epochs wins (it is already in the profile)
     result = finetune(model, tokenizer, train, val, profile=profile, seed=args.seed,
@@ -770,7 +832,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     if not main:
         return 0
     model = result.model
-    metrics = {"model": args.model, "profile": profile.name, "seed": args.seed,
+    metrics = {"model": args.model, "profile": profile.name, "seed": args.seed, "recipe": recipe,
                "train_langs": args.train_langs, "domains": domains,
                "train_examples": len(train), "steps": result.steps,
                "best_step": result.best_step, "stopped_early": result.stopped_early,
@@ -783,7 +845,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
             metrics[split][lang] = dict(scores, examples=len(part))
             print(f"{split} accuracy {lang}: {scores['accuracy']:.3f} "
                   f"(macro-F1 {scores['macro_f1']:.3f}, {len(part)} reviews)")
-    save_finetuned(model, tokenizer, args.output, max_seq_len=profile.max_seq_len, labels=LABELS)
+    save_finetuned(model, tokenizer, args.output, max_seq_len=profile.max_seq_len, labels=LABELS,
+                   prefix=prefix)
     (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     print(f"saved the model and metrics.json to {args.output}")
     return 0
@@ -847,7 +910,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    labels, max_len = info["labels"], info["max_seq_len"]
+    labels, max_len, prefix = info["labels"], info["max_seq_len"], info["prefix"]
     if torch.cuda.is_available():
         model.cuda()
 
@@ -858,7 +921,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     written = skipped = 0
 
     def flush(records, out):
-        probs = predict(model, tokenizer, [r["text"] for r in records],
+        probs = predict(model, tokenizer, [prefix + r["text"] for r in records],
                         batch_size=args.batch_size, max_length=max_len)
         for record, p in zip(records, probs):
             record["label"] = labels[int(p.argmax())]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers.training import finetune_main, load_finetuned, predict, predict_main
 
@@ -135,3 +136,32 @@ def test_predict_command_rejects_a_directory_that_is_no_model(tiny_model_dir, tm
                          "--output", str(tmp_path / "out.jsonl")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "not a fine-tuned model directory" in err
+
+
+def test_finetune_e5_uses_its_recipe_prefix_and_mean_head(tmp_path):
+    """The command line's default for e5: mean head, "query: " in training and in predict, LP-FT
+    with the lower half frozen; all of it recorded and reloaded."""
+    from helpers.heads import MeanPoolForSequenceClassification
+    from helpers.training import RECIPES
+
+    out = tmp_path / "e5"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = finetune_main(["--model", "multilingual-e5-small", "--train-langs", "en",
+                              "--profile", "smoke", "--output", str(out), "--epochs", "1"])
+    assert code == 0, stdout.getvalue()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == RECIPES["multilingual-e5-small"]
+    model, tokenizer, info = load_finetuned(out)
+    assert isinstance(model, MeanPoolForSequenceClassification)
+    assert info["prefix"] == "query: " and info["pooling"] == "mean"
+    frozen = RECIPES["multilingual-e5-small"]["frozen_layers"]
+    # the frozen lower layers are exactly the pretrained ones
+    from helpers.models import load_encoder
+
+    base, _ = load_encoder("multilingual-e5-small")
+    for name in ("encoder.layer.0.attention.self.query.weight",
+                 f"encoder.layer.{frozen - 1}.output.dense.weight"):
+        assert torch.equal(model.bert.state_dict()[name], base.state_dict()[name]), name
+    upper = f"encoder.layer.{frozen}.output.dense.weight"
+    assert not torch.equal(model.bert.state_dict()[upper], base.state_dict()[upper])
