@@ -113,6 +113,8 @@ def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool |
     """
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+    from helpers import quiet
+
     if kwargs.pop("trust_remote_code", False):
         raise ValueError("trust_remote_code is not allowed in this course: it runs code "
                          "downloaded with the model")
@@ -129,7 +131,7 @@ def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool |
             print(f"mini-bert: loading the pretrained checkpoint in {source}")
         if name == "multilingual-e5-small" and not num_labels and source != E5_HUB_ID:
             kwargs.setdefault("add_pooling_layer", False)  # e5 averages tokens; no pooler weights
-        model = auto.from_pretrained(source, use_safetensors=True, **head, **kwargs)
+        model = quiet.from_pretrained(auto, source, use_safetensors=True, **head, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
     if trim_to is not None:
         model, tokenizer = trim_vocabulary(model, tokenizer, trim_to)

@@ -669,6 +669,8 @@ def finetune(model, tokenizer, train_ds, eval_ds=None, *, profile: Profile | Non
 def save_finetuned(model, tokenizer, path: str | Path, *, max_seq_len: int,
                    labels: Sequence[str] | None = None) -> Path:
     """Model and tokenizer (save_pretrained) plus labels and max_seq_len for `predict`."""
+    from helpers import quiet
+
     path = Path(path)
     n = model.config.num_labels
     labels = list(labels) if labels is not None else [model.config.id2label[i] for i in range(n)]
@@ -676,7 +678,7 @@ def save_finetuned(model, tokenizer, path: str | Path, *, max_seq_len: int,
         raise ValueError(f"{len(labels)} label names for a model with {n} outputs")
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {name: i for i, name in enumerate(labels)}
-    model.save_pretrained(path)
+    quiet.save_pretrained(model, path)
     tokenizer.save_pretrained(path)
     (path / MODEL_INFO).write_text(
         json.dumps({"labels": labels, "max_seq_len": max_seq_len}, indent=2), encoding="utf-8")
@@ -687,12 +689,14 @@ def load_finetuned(path: str | Path):
     """(model, tokenizer, info) of a directory written by `save_finetuned`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from helpers import quiet
+
     path = Path(path)
     if not (path / MODEL_INFO).is_file():
         raise FileNotFoundError(f"{path} is not a fine-tuned model directory (no {MODEL_INFO}); "
                                 "make one with `python -m helpers finetune --output DIR`")
     info = json.loads((path / MODEL_INFO).read_text(encoding="utf-8"))
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    model = quiet.from_pretrained(AutoModelForSequenceClassification, path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer, info
 
