@@ -162,11 +162,12 @@ def _find_chinese_font() -> tuple[str, str] | None:
     """(family name, file) of the first font that covers Chinese: the system's, else the course's."""
     from matplotlib import font_manager
 
-    for path, index in [*_system_faces(), *_course_font_faces()]:
-        font = _covers_chinese(path, index)
-        if font is not None:
-            font_manager.fontManager.addfont(path)  # every face of a collection, so the family resolves
-            return font.family_name, path
+    for faces in (_system_faces, _course_font_faces):  # the course's file is hashed only when needed
+        for path, index in faces():
+            font = _covers_chinese(path, index)
+            if font is not None:
+                font_manager.fontManager.addfont(path)  # every face of a collection, so the family resolves
+                return font.family_name, path
     return None
 
 

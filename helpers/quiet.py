@@ -7,7 +7,7 @@ when the two match. `save_pretrained(obj, path)` saves without the "Writing mode
 The course's own progress bars (tqdm.auto in helpers and notebooks) are not touched.
 
 `noise_in(outputs)` finds the library messages a learner should never have to read in a
-notebook's outputs; the test suite runs it on every executed smoke notebook (tests/conftest.py).
+notebook's outputs; `make test` runs it on every notebook cell it executes (the root conftest.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ NOISE_PATTERNS = {
     "transformers load report": re.compile(r"LOAD REPORT|\bUNEXPECTED\b|\bMISSING\b.*newly initialized|"
                                            r"can be ignored when loading from different task"),
     "transformers weights bar": re.compile(r"Writing model shards|Loading weights"),
-    "transformers init warning": re.compile(r"Some weights of .* were not (initialized|used)"),
     # matplotlib draws a box for a character its font lacks and warns once per character
     "missing glyph": re.compile(r"Glyph \d+ .*missing from (current )?font"),
 }
