@@ -61,7 +61,8 @@ wheelhouse: setup
 	WHEELHOUSE=$(abspath $(WHEELHOUSE_DIR)) $(BIN)/python -m pytest -q tests/test_wheelhouse.py
 
 # Notebooks 01 and 04 in JupyterLab in headless Chromium (smoke profile): widgets and plots render,
-# no errors; screenshots in build/screenshots/. Installs chromium (apt) and playwright-core (npm) if missing.
+# Chinese text is drawn with a font that has its glyphs, no errors; screenshots in build/screenshots/.
+# Installs chromium and fonts-noto-cjk (apt) and playwright-core (npm) if missing.
 browser-check: setup
 	BROWSER_CHECK=1 $(BIN)/python -m pytest -q -rs tests/test_browser.py
 

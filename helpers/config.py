@@ -383,6 +383,9 @@ def start_notebook(notebook: str, seed: int = 0) -> Profile:
         import seaborn as sns
 
         sns.set_theme(context="notebook", style="whitegrid")
+        from helpers.plots import chinese_font
+
+        chinese_font()  # after set_theme, which resets the font families
     except ImportError:  # plotting is optional for the command line
         pass
     print(f"profile: {profile.name} ({profile.description}); device: {get_device()}")

@@ -124,6 +124,8 @@ def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool |
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    from helpers import quiet
+
     if kwargs.pop("trust_remote_code", False):
         raise ValueError("trust_remote_code is not allowed in this course: it runs code "
                          "downloaded with the model")
@@ -149,7 +151,7 @@ def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool |
             config = AutoConfig.from_pretrained(source, **head)
             model = _from_config(auto, config, **kwargs)
         else:
-            model = auto.from_pretrained(source, use_safetensors=True, **head, **kwargs)
+            model = quiet.from_pretrained(auto, source, use_safetensors=True, **head, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
     if trim_to is not None:
         model, tokenizer = trim_vocabulary(model, tokenizer, trim_to)

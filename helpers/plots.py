@@ -98,34 +98,92 @@ def attention_heatmap(weights, tokens_q, tokens_k=None, ax=None, title=None, cba
 
 # --- Chinese text in figures -------------------------------------------------------------------
 
+CJK_SAMPLE = "中文评论"  # a font must have all of these to count as covering Chinese
+# Noto Sans CJK (SIL Open Font License 1.1), pinned in requirements.txt: the font the course brings
+# for machines that have none (CI, lab images, fresh containers); its sha256 is in data/checksums.json.
+FONT_PACKAGE, FONT_FILE = "noto_cjk_sans_otc", "NotoSansCJK-Regular.ttc"
+
+
 def _has_cjk(text: str) -> bool:
     return any("\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef" for ch in text)
 
 
-@lru_cache(maxsize=None)
-def chinese_font() -> str | None:
-    """The family name of an installed font with Chinese glyphs, registered with matplotlib and put
-    first in its sans-serif list; None when the machine has none (then see `plot_label`)."""
-    from matplotlib import font_manager
+def _covers_chinese(path: str, index: int = 0):
+    """The face if the font file's face `index` has glyphs for CJK_SAMPLE, else None."""
     from matplotlib.ft2font import FT2Font
 
-    # fontconfig knows fonts that matplotlib's cache may have missed; then matplotlib's own list
-    paths = []
-    if shutil.which("fc-list"):
-        listed = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True).stdout
-        paths += [line.split(":")[0].strip() for line in listed.splitlines() if line.strip()]
-    paths += [font.fname for font in font_manager.fontManager.ttflist]
-    for path in paths:
-        try:
-            font = FT2Font(path)
-        except (OSError, RuntimeError, ValueError):
-            continue
-        # matplotlib ships "Last Resort", which draws every character as the same box
-        if font.get_char_index(ord("中")) and "last resort" not in font.family_name.lower():
-            font_manager.fontManager.addfont(path)
-            plt.rcParams["font.sans-serif"] = [font.family_name, *plt.rcParams["font.sans-serif"]]
-            return font.family_name
+    try:
+        font = FT2Font(path, face_index=index)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    # matplotlib ships "Last Resort", whose every glyph is the same box
+    if "last resort" in font.family_name.lower() or not all(font.get_char_index(ord(c)) for c in CJK_SAMPLE):
+        return None
+    return font
+
+
+def _system_faces() -> list[tuple[str, int]]:
+    """(file, face index) of the fonts this machine offers for Chinese, best first."""
+    from matplotlib import font_manager
+
+    faces = []
+    if shutil.which("fc-match"):
+        # fontconfig's own pick for Simplified Chinese sans text comes first; fc-list adds the rest
+        for cmd in (["fc-match", "-f", "%{file}|%{index}\n", "sans-serif:lang=zh-cn"],
+                    ["fc-list", "-f", "%{file}|%{index}\n", ":lang=zh"]):
+            listed = subprocess.run(cmd, capture_output=True, text=True).stdout
+            faces += [(path, int(index or 0)) for path, _, index in
+                      (line.partition("|") for line in listed.splitlines() if line.strip())]
+    faces += [(font.fname, font.index) for font in font_manager.fontManager.ttflist]
+    return faces
+
+
+def _course_font_faces() -> list[tuple[str, int]]:
+    """The faces of the course's pinned font file (after its sha256 check), Simplified Chinese first;
+    [] when the package is not installed."""
+    from matplotlib.ft2font import FT2Font
+
+    from .data import ChecksumError, DataError, _package_file
+
+    try:
+        path = str(_package_file(FONT_PACKAGE, FONT_FILE))
+    except ChecksumError:
+        raise  # a different file than the one the course was checked with: say so, do not guess
+    except DataError:
+        return []
+    names = [FT2Font(path, face_index=i).family_name for i in range(FT2Font(path).num_faces)]
+    # the collection starts with the Japanese face, whose forms of shared characters are not China's
+    order = sorted(range(len(names)), key=lambda i: ("mono" in names[i].lower(), not names[i].endswith(" SC")))
+    return [(path, i) for i in order]
+
+
+@lru_cache(maxsize=None)
+def _find_chinese_font() -> tuple[str, str] | None:
+    """(family name, file) of the first font that covers Chinese: the system's, else the course's."""
+    from matplotlib import font_manager
+
+    for faces in (_system_faces, _course_font_faces):  # the course's file is hashed only when needed
+        for path, index in faces():
+            font = _covers_chinese(path, index)
+            if font is not None:
+                font_manager.fontManager.addfont(path)  # every face of a collection, so the family resolves
+                return font.family_name, path
     return None
+
+
+def chinese_font() -> str | None:
+    """The family name of a font with Chinese glyphs, registered with matplotlib and added to the
+    font families as a fallback (Latin text keeps its usual font, Chinese characters take this one);
+    None when there is none (then see `plot_label`). Call it again after a style reset (seaborn's
+    set_theme resets the families); `start_notebook` calls it."""
+    found = _find_chinese_font()
+    if found is None:
+        return None
+    family = found[0]
+    families = plt.rcParams["font.family"]
+    if family not in families:
+        plt.rcParams["font.family"] = [*families, family]
+    return family
 
 
 def plot_label(text: str, position: int) -> str:

@@ -560,9 +560,11 @@ def summarize(result) -> dict:
 def save_pretrained_model(model, tokenizer, path: str | Path, summary: dict | None = None) -> Path:
     """Model and tokenizer with save_pretrained (safetensors), plus `summary` as
     pretraining.json; load_encoder(path) or from_pretrained(path) read it back."""
+    from helpers import quiet
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    quiet.save_pretrained(model, path)
     tokenizer.save_pretrained(path)
     if summary is not None:
         (path / RESULTS_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -576,6 +578,7 @@ def load_for_pretraining(name: str):
     from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining,
                               AutoTokenizer)
 
+    from helpers import quiet
     from helpers.models import resolve
 
     source = resolve(name)
@@ -585,7 +588,7 @@ def load_for_pretraining(name: str):
     config = AutoConfig.from_pretrained(source)
     with_nsp = any(a.endswith("ForPreTraining") for a in config.architectures or [])
     auto = AutoModelForPreTraining if with_nsp else AutoModelForMaskedLM
-    return auto.from_pretrained(source, use_safetensors=True), AutoTokenizer.from_pretrained(source)
+    return quiet.from_pretrained(auto, source, use_safetensors=True), AutoTokenizer.from_pretrained(source)
 
 
 def continue_pretraining(model, tokenizer, texts: Sequence[str], *,

@@ -719,6 +719,7 @@ def save_finetuned(model, tokenizer, path: str | Path, *, max_seq_len: int,
                    labels: Sequence[str] | None = None, prefix: str = "") -> Path:
     """Model and tokenizer (save_pretrained) plus labels, max_seq_len, the head's pooling and
     the text prefix the model was trained with (e5's "query: "), for `predict`."""
+    from helpers import quiet
     from helpers.heads import saved_pooling
 
     path = Path(path)
@@ -728,7 +729,7 @@ def save_finetuned(model, tokenizer, path: str | Path, *, max_seq_len: int,
         raise ValueError(f"{len(labels)} label names for a model with {n} outputs")
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {name: i for i, name in enumerate(labels)}
-    model.save_pretrained(path)
+    quiet.save_pretrained(model, path)
     tokenizer.save_pretrained(path)
     (path / MODEL_INFO).write_text(
         json.dumps({"labels": labels, "max_seq_len": max_seq_len, "prefix": prefix,
@@ -741,6 +742,7 @@ def load_finetuned(path: str | Path):
     with the head it was trained with (helpers.heads)."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from helpers import quiet
     from helpers.heads import head_class, saved_pooling
 
     path = Path(path)
@@ -749,7 +751,7 @@ def load_finetuned(path: str | Path):
                                 "make one with `python -m helpers finetune --output DIR`")
     info = json.loads((path / MODEL_INFO).read_text(encoding="utf-8"))
     info.setdefault("prefix", "")  # saved before prefixes were recorded
-    model = head_class(saved_pooling(AutoConfig.from_pretrained(path))).from_pretrained(path)
+    model = quiet.from_pretrained(head_class(saved_pooling(AutoConfig.from_pretrained(path))), path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer, info
 

@@ -6,9 +6,15 @@ by playwright-core (tests/browser/run_notebook.js), runs all cells, and checks t
 widget rendered and answers, that plots rendered, and that neither the page nor a cell reported an
 error. Screenshots go to build/screenshots/.
 
+It also checks that Chinese text in the outputs is drawn with a font that has Chinese glyphs, not
+as missing-glyph boxes: for each output cell with Chinese characters the page reports the fonts
+Chromium rendered it with (DevTools' CSS.getPlatformFontsForNode) and compares each character's
+width with that of a character no font has; a screenshot of those cells is saved.
+
 It is slow and installs a browser, so it runs only with BROWSER_CHECK=1 (`make browser-check`).
-Then it installs what is missing: `apt-get install -y chromium` (as root) and playwright-core
-into tests/browser/node_modules (git-ignored). It skips, saying why, when that is impossible.
+Then it installs what is missing: `apt-get install -y chromium fonts-noto-cjk` (as root) and
+playwright-core into tests/browser/node_modules (git-ignored). It skips, saying why, when that is
+impossible.
 """
 import contextlib
 import json
@@ -30,18 +36,23 @@ ENABLED = os.environ.get("BROWSER_CHECK") == "1"
 
 pytestmark = pytest.mark.skipif(not ENABLED, reason="browser check is opt-in: BROWSER_CHECK=1 (make browser-check)")
 
-# Each notebook, the widget it must show, and one interaction that must reach the kernel and back.
+# Each notebook, the widget it must show, one interaction that must reach the kernel and back, and how
+# many output cells with Chinese text it shows at least (01: the printed e5 tokens; 04: the two Chinese
+# example reviews in the table).
 CASES = {
     "01_attention_math": {
         "widgets": ["widget-dropdown", "widget-slider"],
         "interaction": {"kind": "slider", "label": "head"},
+        "chinese_cells": 1,
     },
     "04_finetuning": {
         "widgets": ["widget-text"],
         "interaction": {"kind": "text", "value": "The battery died after two days and support never answered.",
                         "expect": "P(positive)"},
+        "chinese_cells": 2,
     },
 }
+CJK_CHARS = "[\\u3400-\\u4dbf\\u4e00-\\u9fff]"  # a JavaScript character class: the glyphs to check
 
 # Console errors that say nothing about the course, each with the reason it is harmless. Keep
 # this list short: every entry hides a class of messages. (None has been needed: JupyterLab 4.6.6,
@@ -54,21 +65,33 @@ def _run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
+def _chinese_families() -> set[str]:
+    """Font families fontconfig (and so Chromium) has that cover Chinese."""
+    if not shutil.which("fc-list"):
+        return set()
+    listed = _run(["fc-list", ":lang=zh", "family"]).stdout
+    return {name.strip() for line in listed.splitlines() for name in line.split(",") if name.strip()}
+
+
 def _chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (root only)."""
+    """Debian's chromium, and a font with Chinese glyphs for it (fonts-noto-cjk), installed with apt-get
+    when missing (root only)."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
+    missing = ([] if found else ["chromium"]) + ([] if _chinese_families() else ["fonts-noto-cjk"])
+    if not missing:
         return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("no chromium and cannot install it (needs root and apt-get): apt-get install -y chromium")
+        pytest.skip(f"cannot install {' '.join(missing)} (needs root and apt-get): apt-get install -y {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
         done = _run(cmd, env=env, timeout=1200)
         if done.returncode != 0:
-            pytest.skip(f"`{' '.join(cmd)}` failed, no browser: {done.stderr.strip()[-300:]}")
+            pytest.skip(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}")
     found = shutil.which("chromium")
     if not found:
         pytest.skip("apt-get installed chromium but it is not on PATH")
+    if not _chinese_families():
+        pytest.skip("apt-get installed fonts-noto-cjk but fontconfig lists no font for Chinese")
     return found
 
 
@@ -159,17 +182,33 @@ def lab(tools, tmp_path_factory):
 
 
 def _drive(tools, lab, notebook: str, interaction: dict | None, screenshot: Path, tmp_path,
-           render_wait_s: int = 60) -> dict:
+           render_wait_s: int = 60, glyph_chars: str = CJK_CHARS) -> dict:
     report_path = tmp_path / "report.json"
     options = {"base": lab["base"], "token": lab["token"], "notebook": notebook, "chromium": tools["chromium"],
                "screenshot": str(screenshot), "report": str(report_path), "timeout_s": 900,
-               "render_wait_s": render_wait_s, "interaction": interaction}
+               "render_wait_s": render_wait_s, "interaction": interaction, "glyph_chars": glyph_chars}
     done = subprocess.run([tools["node"], str(BROWSER_DIR / "run_notebook.js"), json.dumps(options)],
                           capture_output=True, text=True, timeout=1500, cwd=ROOT)
     assert report_path.exists(), f"the browser runner wrote no report:\n{done.stderr[-3000:]}"
     report = json.loads(report_path.read_text())
     print(json.dumps(report, indent=1, ensure_ascii=False)[:6000])  # shown with -s or on failure
     return report
+
+
+def _glyph_problems(cells: list[dict], families: set[str]) -> list[str]:
+    """What is wrong with how the checked output cells were drawn: characters as wide as the missing-glyph
+    box, or fewer glyphs from fonts that cover Chinese than the cell has characters to check."""
+    problems = []
+    for cell in cells:
+        text = cell["text"][:40]
+        if cell["box_like"]:
+            problems.append(f"{text!r}: {cell['box_like']!r} are as wide as the missing-glyph box")
+        from_chinese_fonts = sum(f["glyphCount"] for f in cell["fonts"] if f["familyName"] in families)
+        if from_chinese_fonts < cell["checked_chars"]:
+            used = ", ".join(f"{f['familyName']} ({f['glyphCount']} glyphs)" for f in cell["fonts"]) or "none"
+            problems.append(f"{text!r}: {cell['checked_chars']} characters to draw, {from_chinese_fonts} glyphs "
+                            f"from a font that covers Chinese; fonts used: {used}")
+    return problems
 
 
 def _unexplained(errors: list[dict]) -> list[dict]:
@@ -216,6 +255,13 @@ def test_notebook_runs_and_renders_in_a_browser(notebook, tools, lab, tmp_path):
     shot = SCREENSHOTS / f"{notebook}.png"
     assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot at {shot}"
 
+    # Chinese text is drawn with a font that has its glyphs
+    cells = report["glyphs"]["cells"]
+    assert len(cells) >= case["chinese_cells"], f"{len(cells)} output cells with Chinese text: {cells}"
+    assert not _glyph_problems(cells, _chinese_families()), _glyph_problems(cells, _chinese_families())
+    chinese_shot = SCREENSHOTS / f"{notebook}_chinese.png"
+    assert chinese_shot.exists() and chinese_shot.stat().st_size > 10_000, f"no screenshot at {chinese_shot}"
+
 
 # A notebook that goes wrong in every way the check looks for: a widget whose front-end module does
 # not exist, a view of a widget that was never created, a script that throws in the page, a cell
@@ -233,6 +279,8 @@ NEGATIVE_CONTROL = [
     # a widget view whose model the kernel never created
     "display({'application/vnd.jupyter.widget-view+json': {'model_id': 'f' * 32, 'version_major': 2,"
     " 'version_minor': 0}}, raw=True)",
+    # characters no font has, in a table cell as pandas shows reviews: drawn as missing-glyph boxes
+    "from IPython.display import HTML\nHTML('<table><tr><td>\\ue000\\ue001\\ue002 \\U0010fffd</td></tr></table>')",
     "raise RuntimeError('browser check negative control')",
     "print('not reached')",
 ]
@@ -249,10 +297,14 @@ def test_the_check_sees_what_goes_wrong(tools, tmp_path):
     nbformat.write(nb, root / "negative_control.ipynb")
     with _jupyterlab(root, tmp_path / "home") as server:
         report = _drive(tools, server, "negative_control.ipynb", None, tmp_path / "shots" / "negative_control.png",
-                        tmp_path, render_wait_s=10)  # one view can never render: do not wait long for it
+                        tmp_path, render_wait_s=10,  # one view can never render: do not wait long for it
+                        glyph_chars="[\\ue000-\\uf8ff\\u{100000}-\\u{10ffff}]")  # private use: in no font
     assert "fatal" not in report, report.get("fatal")
     page = report["page"]
-    assert report["run_all_ok"] is False and page["not_executed"] == [4], (report["run_all_ok"], page["not_executed"])
+    assert report["run_all_ok"] is False and page["not_executed"] == [5], (report["run_all_ok"], page["not_executed"])
+    [cell] = report["glyphs"]["cells"]
+    assert cell["checked_chars"] == 4 and len(cell["box_like"]) == 4, cell
+    assert len(_glyph_problems([cell], _chinese_families())) == 2, cell
     assert [e["ename"] for e in page["model_errors"]] == ["RuntimeError"]
     assert page["stderr_tracebacks"] and "browser check negative control" in page["stderr_tracebacks"][0]
     assert page["widget_outputs_rendered"] < page["widget_outputs_in_model"] == 2, page

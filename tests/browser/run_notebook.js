@@ -12,6 +12,10 @@
 //        wait for the image in the same interactive output to change;
 //   {"kind": "text", "value": "...", "expect": "..."}: type `value` into the text box, press Enter and
 //        wait for a table containing `expect` in the widget output.
+// glyph_chars (optional): a character class (JavaScript, u flag); every output table cell or text
+//   output holding such characters is reported under "glyphs" with the fonts Chromium drew its text
+//   with (DevTools CSS.getPlatformFontsForNode) and the characters exactly as wide as one that no font
+//   has (drawn as the missing-glyph box); <screenshot>_chinese.png shows the first of them.
 'use strict';
 
 const fs = require('fs');
@@ -97,6 +101,44 @@ function inspectPage([name, widgetMime]) {
     kernel_status: panel.sessionContext.session && panel.sessionContext.session.kernel
       ? panel.sessionContext.session.kernel.status : 'none',
   };
+}
+
+// Output cells (table cells, text outputs) with characters of `chars`: their text, how many such
+// characters, and which of them are as wide as U+10FFFD (private use, in no font) in the cell's font.
+// Each is marked with data-glyph-check=<index> so DevTools can find it.
+function measureGlyphs(chars) {
+  const pattern = new RegExp(chars, 'gu');
+  const ctx = document.createElement('canvas').getContext('2d');
+  const cells = [];
+  // textContent, not innerText: cells skipped by content-visibility have no layout, hence no innerText
+  const selector = '.jp-OutputArea-output td, .jp-OutputArea-output th, .jp-OutputArea-output pre';
+  document.querySelectorAll(selector).forEach((el) => {
+    const found = el.textContent.match(pattern) || [];
+    if (!found.length) return;
+    const style = getComputedStyle(el);
+    ctx.font = `${style.fontStyle} ${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const box = ctx.measureText('\u{10FFFD}').width;
+    const boxLike = [...new Set(found)].filter((c) => Math.abs(ctx.measureText(c).width - box) < 0.01);
+    el.setAttribute('data-glyph-check', String(cells.length));
+    cells.push({ tag: el.tagName.toLowerCase(), text: el.textContent.trim().slice(0, 200), checked_chars: found.length,
+      box_like: boxLike, font: ctx.font, box_width: box, fonts: [] });
+  });
+  return cells;
+}
+
+// The fonts Chromium drew each marked cell's text with. Off-screen cells may not be laid out
+// (JupyterLab's content-visibility windowing), so each is scrolled into view first.
+async function platformFonts(page, cells) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('DOM.enable');
+  await cdp.send('CSS.enable');
+  const { root } = await cdp.send('DOM.getDocument', { depth: 1 });
+  for (let i = 0; i < cells.length; i += 1) {
+    await scrollTo(page, page.locator(`[data-glyph-check="${i}"]`));
+    const { nodeId } = await cdp.send('DOM.querySelector', { nodeId: root.nodeId, selector: `[data-glyph-check="${i}"]` });
+    cells[i].fonts = (await cdp.send('CSS.getPlatformFontsForNode', { nodeId })).fonts;
+  }
+  await cdp.detach();
 }
 
 async function main() {
@@ -211,6 +253,21 @@ async function main() {
       if (await widget.count()) await scrollTo(page, widget);
     }
     await page.screenshot({ path: opts.screenshot });
+
+    if (opts.glyph_chars) {
+      const cells = await page.evaluate(measureGlyphs, opts.glyph_chars);
+      report.glyphs = { chars: opts.glyph_chars, cells: cells.slice(0, 12) };  // the first dozen say enough
+      await platformFonts(page, report.glyphs.cells);
+      if (cells.length) {
+        // the table cell with the most such characters (notebook 04: a Chinese review), rather than
+        // single characters in a vocabulary table or printed token lists
+        const score = (c) => c.checked_chars + (c.tag === 'td' ? 1000 : 0);
+        const best = cells.reduce((b, c, i) => (score(c) > score(cells[b]) ? i : b), 0);
+        await scrollTo(page, page.locator(`[data-glyph-check="${best}"]`));
+        await page.screenshot({ path: path.join(shots, `${stem}_chinese.png`) });
+      }
+      step('glyphs_checked');
+    }
     report.screenshots = fs.readdirSync(shots).filter((f) => f.startsWith(stem)).map((f) => path.join(shots, f));
     step('screenshots_saved');
 
