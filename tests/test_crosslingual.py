@@ -3,9 +3,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from helpers.crosslingual import (MeanPoolClassifier, alignment_by_layer, english_lexicon,
-                                  first_gloss, layer_embeddings, mean_pool, retrieval_top1,
-                                  segment, translate_words, translate_words_en_zh, unk_rate)
+from helpers.crosslingual import (alignment_by_layer, english_lexicon, first_gloss,
+                                  layer_embeddings, retrieval_top1, segment, translate_words,
+                                  translate_words_en_zh, unk_rate)
+from helpers.heads import MeanPoolForSequenceClassification, mean_pool
 
 TOY = {
     "酒店": ["hotel"],
@@ -112,15 +113,15 @@ def test_layer_embeddings_shape_and_order():
     np.testing.assert_allclose(together, apart, atol=1e-5)  # padding does not leak in
 
 
-def _tiny_encoder():
+def _tiny_classifier(vocab_size=50, num_labels=3, layers=2):
     torch.manual_seed(0)
-    return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
-                                num_attention_heads=2, intermediate_size=32),
-                     add_pooling_layer=False)
+    return MeanPoolForSequenceClassification(BertConfig(
+        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=32, num_labels=num_labels))
 
 
 def test_mean_pool_classifier_outputs_and_padding():
-    model = MeanPoolClassifier(_tiny_encoder(), num_labels=3).eval()
+    model = _tiny_classifier().eval()
     ids = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2]),
@@ -130,7 +131,7 @@ def test_mean_pool_classifier_outputs_and_padding():
     alone = model(input_ids=ids[:1, :3], attention_mask=mask[:1, :3]).logits
     torch.testing.assert_close(alone, out.logits[:1], atol=1e-5, rtol=1e-5)  # padding ignored
     assert model.config.num_labels == 3
-    assert model.get_input_embeddings() is model.encoder.embeddings.word_embeddings
+    assert model.get_input_embeddings() is model.bert.embeddings.word_embeddings
 
 
 def test_mean_pool_classifier_trains_with_finetune():
@@ -143,11 +144,7 @@ def test_mean_pool_classifier_trains_with_finetune():
     texts = ["good good", "great good", "bad bad", "awful bad"] * 8
     labels = [1, 1, 0, 0] * 8
     tokenizer = train_wordpiece(texts, vocab_size=30)
-    torch.manual_seed(0)
-    encoder = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
-                                   num_attention_heads=2, intermediate_size=32),
-                        add_pooling_layer=False)
-    model = MeanPoolClassifier(encoder, num_labels=2)
+    model = _tiny_classifier(vocab_size=len(tokenizer), num_labels=2, layers=1)
     ds = Dataset.from_dict({"text": texts, "label": labels})
     result = finetune(model, tokenizer, ds, ds, profile=get_profile("smoke"), epochs=8,
                       learning_rate=5e-3, freeze_embeddings=False, progress=False)
