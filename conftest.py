@@ -22,3 +22,19 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = ("library noise in the cell's output (see helpers/quiet.py):\n"
                            + "\n".join(f"  [{name}] {line}" for name, line in noise[:20]))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "after_notebooks: run after the notebooks of the same session (make test)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked after_notebooks read what the notebooks wrote: they go last, and they know
+    whether the notebooks ran in this session at all."""
+    import time
+
+    last = [item for item in items if item.get_closest_marker("after_notebooks")]
+    items[:] = [item for item in items if item not in last] + last
+    config.course_notebooks_collected = any(str(item.fspath).endswith(".ipynb") for item in items)
+    config.course_session_start = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -1,7 +1,6 @@
 """Command line: `python -m helpers COMMAND ...` (also under `accelerate launch` / `torchrun`).
 
-Each command lives in the module that holds its idea; this file only dispatches, so
-`python -m helpers finetune --help` imports nothing it does not need.
+The commands live in helpers.cli (setup in helpers.setup); this file only dispatches.
 """
 from __future__ import annotations
 
@@ -9,10 +8,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "finetune": ("helpers.training", "finetune_main", "fine-tune an encoder for sentiment"),
-    "predict": ("helpers.training", "predict_main", "label the reviews of a JSON Lines file"),
-    "pretrain": ("helpers.pretraining", "pretrain_main", "MLM (+NSP) pretraining of a mini BERT"),
-    "bench": ("helpers.bench", "bench_main", "training throughput, TFLOP/s and MFU"),
+    "finetune": ("helpers.cli", "finetune_main", "fine-tune an encoder for sentiment"),
+    "predict": ("helpers.cli", "predict_main", "label the reviews of a JSON Lines file"),
+    "pretrain": ("helpers.cli", "pretrain_main", "MLM (+NSP) pretraining of a mini BERT"),
+    "bench": ("helpers.cli", "bench_main", "training throughput, TFLOP/s and MFU"),
     "setup": ("helpers.setup", "setup_main", "fetch and convert the offline assets"),
 }
 

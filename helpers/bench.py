@@ -21,23 +21,22 @@ FLOPs per token, counted from the matrix products (one multiply-add = 2 FLOPs):
 MFU (model FLOPs utilisation) = achieved FLOP/s / the chip's peak FLOP/s. The peaks below are
 vendors' dense (no sparsity) tensor-core figures, not measurements.
 
-`python -m helpers bench` (bench_main) times the course's loop (helpers.training.train_loop)
+`python -m helpers bench` (helpers.cli.bench_main) times the course's loop (helpers.loop.train_loop)
 and transformers' Trainer on random tokens with a BERT built from a config: no data sets, no
 downloaded weights. This module imports only the standard library and torch at load time.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
-from helpers.config import PROFILES, Profile, add_profile_argument, get_profile, set_seed
+from helpers.config import PROFILES, Profile
+from helpers.runtime import set_seed
 
 HEADS = ("mlm", "pretraining", "classification", None)
 TASKS = ("mlm", "classification")
@@ -45,12 +44,9 @@ LOOPS = ("ours", "trainer")
 
 # BERT sizes the bench knows: the course's two mini BERTs (smoke and cpu profiles) and
 # BERT-base (Devlin et al., 2019: 12 layers, hidden 768, 12 heads, feed-forward 3072).
-MODEL_SIZES = {
-    "tiny": dict(PROFILES["smoke"].mini_bert, vocab_size=PROFILES["smoke"].tokenizer_vocab_size),
-    "mini": dict(PROFILES["cpu"].mini_bert, vocab_size=PROFILES["cpu"].tokenizer_vocab_size),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, max_position_embeddings=512, vocab_size=30522),
-}
+MODEL_SIZES = {"tiny": "smoke", "mini": "cpu", "base": dict(
+    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    max_position_embeddings=512, vocab_size=30522)}  # tiny, mini: those profiles' mini BERTs
 
 # What a plain `python -m helpers bench --profile P` runs: the model size of that profile's
 # mini BERT (BERT-base on a GPU) and enough steps for a stable average at that size.
@@ -143,10 +139,15 @@ def bert_config(model_size: str, **overrides):
     """A BertConfig of one of MODEL_SIZES (tiny, mini, base), with `overrides` applied."""
     from transformers import BertConfig
 
+    from helpers.models import mini_bert_config
+
     if model_size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {model_size!r}; valid sizes: "
                          f"{', '.join(MODEL_SIZES)}")
-    return BertConfig(**{**MODEL_SIZES[model_size], **overrides})
+    size = MODEL_SIZES[model_size]
+    if isinstance(size, str):
+        return mini_bert_config(PROFILES[size], **overrides)
+    return BertConfig(**{**size, **overrides})
 
 
 def build_model(config, task: str, *, seed: int = 0, attn_implementation: str | None = None):
@@ -198,13 +199,13 @@ def _clock():
 
 def time_train_loop(model, examples, *, batch_size: int, steps: int, warmup: int,
                     profile: Profile, collate_fn=None, batches=None, **loop_kwargs) -> float:
-    """Seconds of `steps` optimizer steps of helpers.training.train_loop, after `warmup`
+    """Seconds of `steps` optimizer steps of helpers.loop.train_loop, after `warmup`
     untimed ones (first-step costs: memory allocation, kernel selection, AdamW's state).
 
     collate_fn defaults to stacking equal-length tensors; `batches` and other keyword
     arguments (grad_accum_steps, ...) go to train_loop.
     """
-    from helpers.training import train_loop
+    from helpers.loop import train_loop
 
     if warmup < 1:
         raise ValueError(f"warmup must be at least 1 (the clock starts after a step), got {warmup}")
@@ -225,11 +226,11 @@ def time_trainer(model, examples, *, batch_size: int, steps: int, warmup: int,
     """The same measurement for transformers' Trainer, with the same settings as train_loop:
     learning rate of the profile, no warm-up of the learning rate, weight decay 0.01,
     gradient clipping at 1, bf16 when the profile asks for it and the chip has it natively
-    (helpers.training.uses_bf16, as train_loop decides), fused AdamW."""
+    (helpers.loop.uses_bf16, as train_loop decides), fused AdamW."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from helpers.training import uses_bf16
+    from helpers.loop import uses_bf16
 
     marks = {}
 
@@ -264,11 +265,10 @@ def throughput(seconds: float, *, steps: int, batch_size: int, seq_len: int,
 
 
 def bench(model_size: str = "tiny", *, seq_len: int, batch_size: int, steps: int,
-          warmup: int = 2, profile: Profile | None = None, tasks=TASKS, loops=LOOPS,
+          warmup: int = 2, profile: Profile, tasks=TASKS, loops=LOOPS,
           attn_implementation: str | None = None, seed: int = 0) -> list[dict]:
     """Time each loop on each task with the same model (same initial weights) and data; one
     dict per (loop, task) with the figures of `throughput` and the FLOPs per token."""
-    profile = profile or get_profile()
     config = bert_config(model_size, num_labels=2)
     if seq_len > config.max_position_embeddings:
         raise ValueError(f"seq_len {seq_len} exceeds the {model_size} model's "
@@ -320,23 +320,11 @@ def format_table(rows: list[dict], *, gpu: bool) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(x) for x in lines])
 
 
-def _positive(name):
-    def parse(value):
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {value!r}")
-        if number < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {number}")
-        return number
-    return parse
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _busy() -> bool:
+def busy() -> bool:
     """More runnable jobs than cores (the 1-minute load average)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return load > (os.cpu_count() or 1)
@@ -352,85 +340,23 @@ def _machine_note() -> str:
     return note
 
 
-def bench_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m helpers bench",
-        description="Training throughput of the course's loop and of transformers' Trainer on "
-                    "random tokens: tokens/s, achieved FLOP/s and, on a known GPU, MFU.")
-    add_profile_argument(parser)
-    parser.add_argument("--model-size", choices=list(MODEL_SIZES), default=None,
-                        help="tiny/mini: the smoke/cpu profile's mini BERT; base: BERT-base "
-                             "(default: the profile's)")
-    parser.add_argument("--seq-len", type=_positive("--seq-len"), default=None,
-                        help="tokens per sequence (default: the profile's pretraining length)")
-    parser.add_argument("--batch-size", type=_positive("--batch-size"), default=None,
-                        help="sequences per step and process (default: the profile's "
-                             "pretraining batch size)")
-    parser.add_argument("--steps", type=_positive("--steps"), default=None,
-                        help="timed optimizer steps")
-    parser.add_argument("--warmup", type=_positive("--warmup"), default=None,
-                        help="untimed steps before the timed ones")
-    parser.add_argument("--tasks", default=",".join(TASKS),
-                        help="comma-separated: mlm, classification")
-    parser.add_argument("--no-trainer", action="store_true",
-                        help="time only the course's loop")
-    parser.add_argument("--attn", choices=("sdpa", "eager"), default=None,
-                        help="attention implementation (default: transformers' choice, sdpa)")
-    parser.add_argument("--threads", type=_positive("--threads"), default=None,
-                        help="CPU threads for torch (default: one with the smoke profile or "
-                             "when other jobs keep the cores busy, else torch's choice)")
-    args = parser.parse_args(argv)
-    profile = get_profile(args.profile)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown or not tasks:
-        print(f"error: --tasks {args.tasks!r}: valid tasks are {', '.join(TASKS)}",
-              file=sys.stderr)
-        return 2
-    defaults = BENCH_DEFAULTS[profile.name]
-    size = args.model_size or defaults["model_size"]
-    seq_len = args.seq_len or profile.pretrain_seq_len
-    batch_size = args.batch_size or profile.pretrain_batch_size
-    steps, warmup = args.steps or defaults["steps"], args.warmup or defaults["warmup"]
-    config = bert_config(size, num_labels=2)
-    if seq_len > config.max_position_embeddings:
-        print(f"error: --seq-len {seq_len} exceeds the {size} model's "
-              f"{config.max_position_embeddings} positions", file=sys.stderr)
-        return 2
+def describe_run(config, size: str, tasks, profile, *, seq_len: int, batch_size: int,
+                 steps: int, warmup: int) -> str:
+    """What a bench run measures, on what: the lines printed above its table."""
+    from helpers.loop import uses_bf16
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif not torch.cuda.is_available() and (profile.name == "smoke" or _busy()):
-        # Threads of one process wait for each other at every operation; on busy cores each
-        # wait can last a time slice (steps ten times slower), and a tiny model gains nothing
-        # from a second thread anyway.
-        torch.set_num_threads(1)
-    from helpers.training import uses_bf16
-
-    main = int(os.environ.get("RANK", "0")) == 0
-    peak = gpu_peak()
-    gpu = torch.cuda.is_available()
-    if main:
-        params = build_model(config, "mlm").num_parameters()
-        print(f"device: {torch.cuda.get_device_name() if gpu else 'cpu'}"
-              f" ({'GPU' if gpu else _machine_note()})")
-        print(f"model: {size} BERT, {config.num_hidden_layers} layers, hidden "
-              f"{config.hidden_size}, vocabulary {config.vocab_size:,} ({params / 1e6:.1f}M "
-              f"parameters with the MLM head); sequences of {seq_len} random tokens, batch "
-              f"{batch_size}, {_plural(steps, 'timed step')} after {_plural(warmup, 'warm-up step')}; profile "
-              f"{profile.name}" + (", bf16 autocast" if uses_bf16(profile.bf16) else ", fp32"))
-        for task in tasks:
-            print(f"training FLOPs per token, {task}: "
-                  f"{flops_per_token(config, seq_len, head=task):.3e}")
-        if gpu:
-            print(f"peak: {peak.tflops:.0f} TFLOP/s dense {peak.dtype} (vendor figure)" if peak
-                  else "peak: this GPU is not in helpers.bench.GPU_PEAKS, so no MFU")
-    rows = bench(size, seq_len=seq_len, batch_size=batch_size, steps=steps, warmup=warmup,
-                 profile=profile, tasks=tasks, loops=("ours",) if args.no_trainer else LOOPS,
-                 attn_implementation=args.attn)
-    if main:
-        print()
-        print(format_table(rows, gpu=gpu))
-        if not gpu:
-            print("\nCPU: tokens/s and GFLOP/s only; MFU needs a peak, and the table has GPUs.")
-    return 0
+    gpu, peak = torch.cuda.is_available(), gpu_peak()
+    params = build_model(config, "mlm").num_parameters()
+    lines = [f"device: {torch.cuda.get_device_name() if gpu else 'cpu'}"
+             f" ({'GPU' if gpu else _machine_note()})",
+             f"model: {size} BERT, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+             f"vocabulary {config.vocab_size:,} ({params / 1e6:.1f}M parameters with the MLM "
+             f"head); sequences of {seq_len} random tokens, batch {batch_size}, "
+             f"{_plural(steps, 'timed step')} after {_plural(warmup, 'warm-up step')}; profile "
+             f"{profile.name}" + (", bf16 autocast" if uses_bf16(profile.bf16) else ", fp32")]
+    lines += [f"training FLOPs per token, {task}: {flops_per_token(config, seq_len, head=task):.3e}"
+              for task in tasks]
+    if gpu:
+        lines.append(f"peak: {peak.tflops:.0f} TFLOP/s dense {peak.dtype} (vendor figure)" if peak
+                     else "peak: this GPU is not in helpers.bench.GPU_PEAKS, so no MFU")
+    return "\n".join(lines)

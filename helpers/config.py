@@ -1,4 +1,4 @@
-"""One place for every knob of the course: the three profiles, seeds, device, results.
+"""Every knob of the course: the three profiles, chosen at the edges (start_notebook, --profile).
 
 A *profile* says how big every experiment is. Notebooks and the command line read the
 same profile, so `COURSE_PROFILE=smoke` makes the whole course tiny (CI), `cpu` makes it
@@ -6,27 +6,13 @@ meaningful on a laptop, and `gpu` uses all data and bigger models.
 """
 from __future__ import annotations
 
-import ctypes
-import gc
-import json
 import os
-import random
-import socket
 import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
-# Tokenizers' thread pool forks badly inside Jupyter and DataLoader workers; the course
-# tokenises in the main process, so quiet the warning for everyone who imports helpers.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# oneDNN (PyTorch's CPU matrix kernels) caches a compiled kernel, with the weights reordered for
-# it, for each input shape it meets (1,024 by default). Length-grouped batches bring many shapes:
-# notebook 03's memory grew by ~2 GB over a run. 16 entries: peak 1.7 GB instead of 2.7 GB over
-# 900 pretraining steps, at the same speed. Read when oneDNN first runs, so setting it here works.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
-
-ROOT = Path(__file__).resolve().parent.parent
+# What notebooks import from here next to their profile (defined in helpers.runtime).
+from helpers.runtime import (ROOT, build_dir, cache_dir, get_device, hub_reachable,  # noqa: F401
+                             measured_run_times, native_bf16, record, release_memory, set_seed)
 
 
 @dataclass(frozen=True)
@@ -208,171 +194,9 @@ def add_profile_argument(parser) -> None:
                              "else cpu)")
 
 
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so a run can be repeated exactly."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def native_bf16(device=None) -> bool:
-    """Whether `device` (default: get_device()) computes in bf16 natively, so that bf16 autocast
-    pays: a CUDA GPU with bf16 support, or a CPU with AVX512-BF16 or AMX-BF16 instructions.
-
-    On such a CPU (measured on 2 cores with AVX512-BF16) a training step of the cpu profile's
-    models took 0.5-0.7x the float32 time. Without the instructions bf16 is emulated and slower
-    than float32, and Apple's mps is left in float32 too.
-    """
-    import torch
-
-    device = torch.device(device) if device is not None else get_device()
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type != "cpu":
-        return False
-    try:
-        capabilities = torch.cpu.get_capabilities()
-    except (AttributeError, RuntimeError):  # a torch that cannot tell
-        return False
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-
-
-def release_memory() -> None:
-    """Hand memory that Python and torch have freed back to the operating system.
-
-    glibc keeps freed heap memory for later use, so after a fine-tuning run a process can hold
-    a gigabyte it no longer uses (measured: fine-tuning multilingual-e5-small on 64 reviews left
-    1.7 GB resident for 0.2 GB of live tensors; malloc_trim took it to 0.7 GB). Each later run
-    then climbs from there, and a notebook with many runs ends far above what it ever needed at
-    once. A no-op where the C library has no malloc_trim (macOS, Windows, musl)."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
-def get_device():
-    """cuda when available, else Apple's mps, else cpu."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-# --- where things go ----------------------------------------------------------------------
-
-def _from_root(path: str) -> Path:
-    """Relative paths are relative to the repository, not to wherever a kernel was started
-    (nbval and JupyterLab start kernels in notebooks/)."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else ROOT / path
-
-
-def build_dir() -> Path:
-    """Executed notebooks, checkpoints and results ($COURSE_BUILD_DIR, default build/)."""
-    return _from_root(os.environ.get("COURSE_BUILD_DIR", "build"))
-
-
-def cache_dir() -> Path:
-    """Converted models and extracted data ($COURSE_CACHE_DIR, default .cache/ in the repo)."""
-    path = _from_root(os.environ.get("COURSE_CACHE_DIR", ".cache"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def results_path() -> Path:
-    return build_dir() / "results.json"
-
-
-# --- recording results --------------------------------------------------------------------
-
-def record(notebook: str, **values) -> dict:
-    """Merge `values` into build/results.json under `notebook`; returns that notebook's entry.
-
-    Values must be JSON-serialisable (numbers, strings, lists, dicts). The file also notes the
-    profile each notebook ran under, so numbers from different profiles are never mixed up.
-    """
-    path = results_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    entry = data.setdefault("notebooks", {}).setdefault(notebook, {})
-    entry.setdefault("results", {}).update(_jsonable(values))
-    entry["profile"] = os.environ.get("COURSE_PROFILE") or get_profile().name
-    entry["recorded_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)  # atomic: an interrupted write never leaves half a file
-    return entry
-
-
-def load_results(path: Path | None = None) -> dict:
-    path = Path(path) if path else results_path()
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
-
-
-# --- the model hub, when there is one ----------------------------------------------------
-
-_HUB_STATE: dict[str, bool] = {}
-
-
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """True when huggingface.co answers within `timeout` seconds (checked once per process).
-
-    HF_HUB_OFFLINE=1 means no. Never hangs: a plain TCP connect with a short timeout.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    if "hub" not in _HUB_STATE:
-        try:
-            with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-                _HUB_STATE["hub"] = True
-        except OSError:
-            _HUB_STATE["hub"] = False
-    return _HUB_STATE["hub"]
-
-
 def with_overrides(profile: Profile, **changes) -> Profile:
     """A copy of `profile` with some knobs changed (for exercises and the CLI)."""
     return replace(profile, **changes)
-
-
-# --- the one setup cell of every notebook --------------------------------------------------
-
-def run_times_path() -> Path:
-    """Measured wall time and peak memory per profile and notebook, kept across `make course`
-    runs of every profile (written by helpers.course)."""
-    return ROOT / "build" / "run_times.json"
-
-
-def measured_run_times(notebook: str | None = None) -> dict:
-    """{profile: {notebook: {"wall_s", "peak_mb", "date", ...}}} from past runs, or one notebook's
-    {profile: {...}} when `notebook` is given. Empty until a notebook has been run by
-    `make course` (or `make test` for smoke) on this machine."""
-    path = run_times_path()
-    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    if notebook is None:
-        return data
-    return {prof: nbs[notebook] for prof, nbs in data.items() if notebook in nbs}
 
 
 def start_notebook(notebook: str, seed: int = 0) -> Profile:

@@ -10,12 +10,13 @@ copy, and stops: later notebooks may need what the failed one makes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from .config import ROOT, build_dir, get_profile, load_results, results_path, run_times_path
+from .config import get_profile
+from .io import read_json, write_json
+from .runtime import ROOT, build_dir, load_results, results_path, run_times_path
 
 NOTEBOOKS = ROOT / "notebooks"
 
@@ -94,19 +95,15 @@ def export_html(executed: Path, html_dir: Path) -> Path:
 
 def _save_run(name: str, info: dict, profile: str) -> None:
     """Add the notebook's timing to results.json and to the cross-profile run_times.json."""
-    path = results_path()
-    data = load_results(path)
+    data = load_results()
     data.setdefault("notebooks", {}).setdefault(name, {})["run"] = dict(info, profile=profile)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(results_path(), data)
     if info["status"] == "ok":
-        times_path = run_times_path()
-        times = json.loads(times_path.read_text(encoding="utf-8")) if times_path.exists() else {}
+        times = read_json(run_times_path(), {})
         times.setdefault(profile, {})[name] = {
             "wall_s": info["wall_s"], "peak_mb": info["peak_mb"],
             "date": time.strftime("%Y-%m-%d")}
-        times_path.parent.mkdir(parents=True, exist_ok=True)
-        times_path.write_text(json.dumps(times, indent=2), encoding="utf-8")
+        write_json(run_times_path(), times)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,9 +15,6 @@ from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
-
-from helpers.heads import mean_pool
 
 # Chinese punctuation has a plain ASCII twin that an English tokenizer knows.
 ZH_PUNCTUATION = str.maketrans({"，": ",", "。": ".", "！": "!", "？": "?", "：": ":", "；": ";",
@@ -164,30 +161,12 @@ def unk_rate(tokenizer, texts: Sequence[str]) -> float:
 
 def layer_embeddings(model, tokenizer, texts: Sequence[str], *, prefix: str = "",
                      batch_size: int = 64, max_length: int = 128) -> np.ndarray:
-    """Mean-pooled hidden states of every layer: an array (layers + 1, len(texts), hidden).
+    """Mean-pooled hidden states of every layer: an array (layers + 1, len(texts), hidden);
+    index 0 is the embedding layer, index L the output of layer L (see mean_pooled_embeddings)."""
+    from helpers.domains import mean_pooled_embeddings
 
-    Index 0 is the embedding layer (before any attention), index L the output of layer L.
-    Works for a bare encoder and for a sequence classifier (its encoder's states).
-    """
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, not one string")
-    texts = [prefix + t for t in texts]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                batch = tokenizer(texts[start:start + batch_size], padding=True,
-                                  truncation=True, max_length=max_length, return_tensors="pt")
-                batch = {k: v.to(device) for k, v in batch.items()}
-                states = model(**batch, output_hidden_states=True).hidden_states
-                chunks.append(torch.stack([mean_pool(h.float(), batch["attention_mask"])
-                                           for h in states]).cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(chunks, axis=1)
+    return mean_pooled_embeddings(model, tokenizer, texts, prefix=prefix, batch_size=batch_size,
+                                  max_length=max_length, normalize=False, all_layers=True)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

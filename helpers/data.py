@@ -27,7 +27,8 @@ from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 
-from helpers.config import ROOT, cache_dir
+from helpers.runtime import ROOT, cache_dir
+from helpers.io import ChecksumError, sha256_of  # noqa: F401 (ChecksumError: part of this module's errors)
 
 LABELS = ["negative", "positive"]  # label 1 = positive
 LANGS = ("en", "zh")
@@ -75,26 +76,7 @@ class ReviewFileError(DataError):
     """A line of a review file is not a valid review (file and line are in the message)."""
 
 
-class ChecksumError(DataError):
-    """A file differs from the one the course was built and measured with."""
-
-
 # --- checksums ---------------------------------------------------------------------------
-
-def sha256_of(path: str | Path) -> str:
-    """sha256 of a file, or of a folder: its files' relative paths and contents, in order."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
-    else:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
 
 def verify_file(path: str | Path, expected: str) -> Path:
     """Raise ChecksumError unless `path` has sha256 `expected`; returns the path."""
@@ -371,6 +353,14 @@ def load_reviews(split: str = "train", langs=None, domains=None, source: str = "
         raise DataError(f"no reviews with langs={','.join(chosen_langs)} and "
                         f"domains={','.join(chosen_domains)} in {where}")
     return _to_dataset(rows)
+
+
+def sample(dataset, limit: int | None, seed: int = 0):
+    """At most `limit` rows of `dataset`, drawn at random with `seed` (all of it when it is
+    no larger, or when `limit` is None): how the profiles cap training and evaluation sets."""
+    if limit is None or len(dataset) <= limit:
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(limit))
 
 
 def _to_dataset(rows: list[dict]):

@@ -103,42 +103,34 @@ def proxy_a_distance(features_a, features_b, *, folds: int = 5, seed: int = 0,
 
 def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], *, prefix: str = "",
                            batch_size: int = 64, max_length: int = 512, normalize: bool = True,
-                           progress: bool = False) -> np.ndarray:
+                           all_layers: bool = False, progress: bool = False) -> np.ndarray:
     """(len(texts), hidden) array: the mean of the last hidden states over each text's real
-    tokens (padding excluded), L2-normalised when `normalize`.
+    tokens (padding excluded), L2-normalised when `normalize`. With all_layers, an array
+    (layers + 1, len(texts), hidden) of every layer's mean: index 0 is the embedding layer
+    (before any attention), index L the output of layer L.
 
     `model` may be a bare encoder or a model with a head (its `base_model` is used). e5 was
     trained with a task prefix: pass prefix="query: " for it.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from helpers.heads import mean_pool
+    from helpers.inference import batched_forward, collator, encode
 
+    def pool(encoder, batch):
+        out = encoder(**batch, output_hidden_states=all_layers)
+        states = out.hidden_states if all_layers else (out.last_hidden_state,)
+        pooled = torch.stack([mean_pool(h.float(), batch["attention_mask"]) for h in states], 1)
+        return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+    features = encode(tokenizer, [prefix + t for t in _texts(texts)], max_length=max_length)
+    out = batched_forward(getattr(model, "base_model", model), features, pool,
+                          collate=collator(tokenizer), batch_size=batch_size, progress=progress,
+                          desc="embedding")
+    return out.transpose(1, 0, 2) if all_layers else out[:, 0]
+
+
+def _texts(texts):
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not one string")
-    texts = [prefix + t for t in texts]
-    encoder = getattr(model, "base_model", model)
-    device = next(encoder.parameters()).device
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True,
-                                             max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding
-    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            for start in tqdm(range(0, len(texts), batch_size), desc="embedding",
-                              disable=not progress):
-                idx = order[start:start + batch_size]
-                batch = tokenizer([texts[i] for i in idx], truncation=True,
-                                  max_length=max_length, padding=True, return_tensors="pt")
-                batch = {k: v.to(device) for k, v in batch.items()}
-                pooled = mean_pool(encoder(**batch).last_hidden_state.float(),
-                                   batch["attention_mask"])
-                if normalize:
-                    pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out[idx] = pooled.cpu().numpy()
-    finally:
-        encoder.train(was_training)
-    return out
+    return list(texts)

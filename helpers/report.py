@@ -2,7 +2,7 @@
 
 It opens with the course at a glance (a few key numbers per stage: pretraining, in-domain,
 cross-domain, cross-lingual, evaluation and calibration), then holds every number each notebook
-recorded with `helpers.config.record`, the key figures notebooks saved under build/figures/, and
+recorded with `helpers.runtime.record`, the key figures notebooks saved under build/figures/, and
 each notebook's run time and peak memory. Nothing in it is typed: it is read from
 build/results.json.
 """
@@ -13,7 +13,7 @@ import html
 import json
 from pathlib import Path
 
-from .config import build_dir, load_results
+from .runtime import build_dir, load_results
 
 
 def _flatten(prefix: str, value, out: list) -> None:

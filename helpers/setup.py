@@ -1,13 +1,12 @@
 """`python -m helpers setup`: fetch and convert the offline assets once, after installing.
 
 Data first (helpers.data.prepare: the VADER review snippets, a few seconds with PyPI
-reachable), then the models (helpers.models.prepare, where that module provides it).
+reachable), then the models (helpers.models.prepare: the converted multilingual-e5-small).
 Rerunning is quick: each step checks what is already in the cache and stops there.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 
@@ -19,18 +18,10 @@ def setup_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-only", action="store_true", help="skip the models")
     args = parser.parse_args(argv)
 
-    steps = [("data", "helpers.data")] + ([] if args.data_only else [("models", "helpers.models")])
-    for name, module_name in steps:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            print(f"{name}: {module_name} does not exist yet, skipped")
-            continue
-        if not hasattr(module, "prepare"):
-            print(f"{name}: {module_name} has nothing to prepare, skipped")
-            continue
+    from helpers import data, models
+
+    steps = [("data", data)] + ([] if args.data_only else [("models", models)])
+    for name, module in steps:
         start = time.perf_counter()
         try:
             module.prepare()

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ROOT, build_dir
+from .runtime import ROOT, build_dir
 
 STUB = ("# Exercise: write your solution here, then run the check cell below.\n"
         "raise NotImplementedError(\"exercise not solved yet\")")

@@ -6,7 +6,6 @@ pretraining notebook, the fine-tuning notebooks and the command line share one v
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # [PAD] = 0, as BERT expects
 MODEL_INPUTS = ["input_ids", "token_type_ids", "attention_mask"]
@@ -74,15 +73,14 @@ def course_texts(max_documents: int | None = None) -> list[str]:
 RECIPE = "r2"
 
 
-def course_tokenizer(profile=None):
-    """The WordPiece tokenizer of mini-bert for `profile` (a Profile, a profile name, or None
-    for the active one): trained on the course corpora the first time, then read from
-    cache_dir()/tokenizers/wordpiece-<vocab>-<profile>-<RECIPE>."""
+def course_tokenizer(profile):
+    """The WordPiece tokenizer of mini-bert for `profile`: trained on the course corpora the
+    first time, then read from cache_dir()/tokenizers/wordpiece-<vocab>-<profile>-<RECIPE>."""
     from transformers import PreTrainedTokenizerFast
 
-    from helpers.config import Profile, cache_dir, get_profile
+    from helpers.io import building
+    from helpers.runtime import cache_dir
 
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
     vocab_size = profile.tokenizer_vocab_size
     max_length = profile.mini_bert.get("max_position_embeddings", 512)
     path = cache_dir() / "tokenizers" / f"wordpiece-{vocab_size}-{profile.name}-{RECIPE}"
@@ -94,16 +92,8 @@ def course_tokenizer(profile=None):
     print(f"training a {vocab_size}-piece WordPiece tokenizer on {len(texts):,} course texts "
           f"(once; cached in {path})", flush=True)
     tokenizer = train_wordpiece(texts, vocab_size, model_max_length=max_length)
-    _save_atomically(tokenizer, path)
+    with building(path) as scratch:
+        tokenizer.save_pretrained(scratch)
     return tokenizer
 
 
-def _save_atomically(tokenizer, path: Path) -> None:
-    """Save into a scratch folder and rename, so an interrupted run leaves nothing half-written."""
-    import shutil
-
-    scratch = path.with_name(path.name + ".partial")
-    shutil.rmtree(scratch, ignore_errors=True)
-    tokenizer.save_pretrained(scratch)
-    shutil.rmtree(path, ignore_errors=True)
-    scratch.rename(path)

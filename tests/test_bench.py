@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
-from helpers import bench
+from helpers import bench, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,7 +125,7 @@ def test_throughput_arithmetic():
 
 
 def test_bench_command_on_the_smoke_profile(capsys):
-    code = bench.bench_main(["--profile", "smoke", "--steps", "2", "--warmup", "1",
+    code = cli.bench_main(["--profile", "smoke", "--steps", "2", "--warmup", "1",
                              "--threads", "1"])
     out = capsys.readouterr().out
     assert code == 0
@@ -147,7 +147,7 @@ def test_bench_command_on_the_smoke_profile(capsys):
 ])
 def test_bench_command_refuses_bad_input(argv, message, capsys):
     try:
-        code = bench.bench_main(argv)
+        code = cli.bench_main(argv)
     except SystemExit as exit:  # argparse's own errors
         code = exit.code
     assert code == 2

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.training import finetune_main, load_finetuned, predict, predict_main
+from helpers.cli import finetune_main, predict_main
+from helpers.training import load_finetuned, predict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,3 +166,40 @@ def test_finetune_e5_uses_its_recipe_prefix_and_mean_head(tmp_path):
         assert torch.equal(model.bert.state_dict()[name], base.state_dict()[name]), name
     upper = f"encoder.layer.{frozen}.output.dense.weight"
     assert not torch.equal(model.bert.state_dict()[upper], base.state_dict()[upper])
+
+
+def test_finetune_scores_in_the_precision_it_trained_in(tiny_model_dir, tmp_path, monkeypatch):
+    """Regression: `finetune --profile smoke` with COURSE_PROFILE unset, on a chip with native bf16,
+    trained and picked its best epoch in float32 but scored metrics.json in bf16 (the cpu profile's
+    precision, looked up deep inside predict). The profile of the command decides every
+    forward pass, the saved model records it, and `predict` follows the record."""
+    from helpers import runtime
+
+    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device=None: True)
+    autocasts = []
+    real = torch.autocast
+
+    def spy(device_type, *args, **kwargs):
+        autocasts.append(bool(kwargs.get("enabled", True)) and kwargs.get("dtype") == torch.bfloat16)
+        return real(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    out = tmp_path / "m"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert finetune_main(["--model", str(tiny_model_dir), "--profile", "smoke",
+                              "--output", str(out), "--epochs", "1"]) == 0
+    assert autocasts and not any(autocasts)  # validation each epoch and metrics.json: float32
+    assert json.loads((out / "metrics.json").read_text())["bf16"] is False
+    assert load_finetuned(out)[2]["bf16"] is False
+    src = write_lines(tmp_path / "in.jsonl", [json.dumps({"text": "a fine book"})])
+    autocasts.clear()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert predict_main(["--model", str(out), "--input", str(src),
+                             "--output", str(tmp_path / "o.jsonl")]) == 0
+    assert autocasts == [False]
+    autocasts.clear()  # --profile cpu asks for the cpu profile's bf16 explicitly
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert predict_main(["--model", str(out), "--input", str(src), "--profile", "cpu",
+                             "--output", str(tmp_path / "o.jsonl")]) == 0
+    assert autocasts == [True]

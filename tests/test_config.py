@@ -88,8 +88,8 @@ def test_set_seed_repeats_python_numpy_torch():
 def test_record_merges_and_survives(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path))
     monkeypatch.setenv("COURSE_PROFILE", "smoke")
-    config.record("99_demo", accuracy=np.float32(0.5), curve=np.array([1, 2]))
-    config.record("99_demo", f1=torch.tensor(0.25))
+    config.record("99_demo", "smoke", accuracy=np.float32(0.5), curve=np.array([1, 2]))
+    config.record("99_demo", "smoke", f1=torch.tensor(0.25))
     data = json.loads((tmp_path / "results.json").read_text())
     entry = data["notebooks"]["99_demo"]
     assert entry["results"] == {"accuracy": 0.5, "curve": [1, 2], "f1": 0.25}

@@ -4,7 +4,7 @@ import json
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers import config, course, report
+from helpers import course, report, runtime
 from helpers.config import record
 
 
@@ -40,9 +40,9 @@ def test_report_shows_recorded_results_and_run_times(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_PROFILE", "smoke")
     # run_times.json lives in the real build/ (it outlives COURSE_BUILD_DIR); keep the test out of it
     times = tmp_path / "run_times.json"
-    monkeypatch.setattr(config, "run_times_path", lambda: times)
+    monkeypatch.setattr(runtime, "run_times_path", lambda: times)
     monkeypatch.setattr(course, "run_times_path", lambda: times)
-    record("96_demo", accuracy=0.875, matrix={"books": {"hotel": 0.5}})
+    record("96_demo", "smoke", accuracy=0.875, matrix={"books": {"hotel": 0.5}})
     course._save_run("96_demo", {"status": "ok", "wall_s": 1.5, "peak_mb": 100.0}, "smoke")
     page = report.write_report().read_text()
     assert "96_demo" in page and "0.875" in page and "matrix.books.hotel" in page and "1.5" in page

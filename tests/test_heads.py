@@ -12,8 +12,9 @@ from helpers.heads import (MeanPoolForSequenceClassification, mean_pool, pooling
                            probe_head, saved_pooling)
 from helpers.metrics import paired_bootstrap
 from helpers.models import load_encoder
+from helpers.cli import predict_main
 from helpers.training import (RECIPES, finetune, freeze_lower_layers, load_finetuned, predict,
-                              predict_main, recipe_for, save_finetuned)
+                              recipe_for, save_finetuned)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -18,7 +18,6 @@ from helpers.config import get_profile, with_overrides
 from helpers.models import (
     ModelUnavailableError,
     describe_models,
-    footprint,
     load_encoder,
     trim_vocabulary,
 )
@@ -176,7 +175,7 @@ def test_trimmed_e5_gives_the_same_tokens_and_states(e5, tmp_path):
     for text in texts:
         assert (tok.convert_ids_to_tokens(tok(text)["input_ids"])
                 == full_tok.convert_ids_to_tokens(full_tok(text)["input_ids"]))
-    assert footprint(model)["parameters"] < footprint(full_model)["parameters"] / 4
+    assert model.num_parameters() < full_model.num_parameters() / 4
     # same tokens, same embedding rows: the encoder computes exactly what it did before
     full_batch = full_tok(texts, padding=True, return_tensors="pt")
     batch = tok(texts, padding=True, return_tensors="pt")
@@ -224,10 +223,10 @@ def test_bad_arguments_fail_clearly(tmp_path):
 
 def test_registry_table_counts_what_the_models_hold(e5, tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path))  # mini-bert: the profile's size
-    table = describe_models("smoke").set_index("name")
+    table = describe_models(get_profile("smoke")).set_index("name")
     assert list(table.index[:3]) == ["multilingual-e5-small", "minilm-en", "mini-bert"]
     model, _ = e5
-    assert table.loc["multilingual-e5-small", "parameters"] == footprint(model)["parameters"]
+    assert table.loc["multilingual-e5-small", "parameters"] == model.num_parameters()
     assert table.loc["multilingual-e5-small", "layers"] == 12
     assert table.loc["mini-bert", "hidden"] == get_profile("smoke").mini_bert["hidden_size"]
     assert 0.75 < table.loc["multilingual-e5-small", "embedding share"] < 0.9

@@ -319,7 +319,7 @@ def test_cli_pretrains_and_saves_a_checkpoint_load_encoder_reads(tmp_path, monke
     model, tok = load_encoder("mini-bert")
     assert type(model).__name__ == "BertModel" and tok.mask_token == "[MASK]"
 
-    from helpers.pretraining import pretrain_main
+    from helpers.cli import pretrain_main
 
     # resuming with another step count would not be exact: refused with one line, exit code 2
     assert pretrain_main(["--profile", "smoke", "--steps", "3", "--resume",
@@ -327,7 +327,7 @@ def test_cli_pretrains_and_saves_a_checkpoint_load_encoder_reads(tmp_path, monke
 
 
 def test_cli_rejects_bad_arguments():
-    from helpers.pretraining import pretrain_main
+    from helpers.cli import pretrain_main
 
     with pytest.raises(SystemExit) as stop:  # argparse refuses it (helpers.config.add_profile_argument)
         pretrain_main(["--profile", "nope"])

@@ -2,6 +2,7 @@
 import pytest
 
 from helpers import tokenization
+from helpers.config import get_profile
 from helpers.tokenization import SPECIAL_TOKENS, course_tokenizer, train_wordpiece
 
 TEXTS = [
@@ -68,10 +69,10 @@ def test_bad_input_fails_clearly():
 
 def test_course_tokenizer_is_trained_once_then_cached(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
-    first = course_tokenizer("smoke")
+    first = course_tokenizer(get_profile("smoke"))
     assert "training" in capsys.readouterr().out
     assert (tmp_path / "tokenizers" / f"wordpiece-2000-smoke-{tokenization.RECIPE}" / "tokenizer.json").is_file()
-    second = course_tokenizer("smoke")
+    second = course_tokenizer(get_profile("smoke"))
     assert capsys.readouterr().out == ""
     sample = ["这家酒店很干净。", "The staff were friendly."]
     assert second(sample)["input_ids"] == first(sample)["input_ids"]

@@ -239,9 +239,9 @@ def test_batched_predict_equals_one_by_one(tokenizer):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_autocast_only_where_the_chip_has_it(tokenizer, monkeypatch, native, tmp_path):
-    import helpers.training as training
+    from helpers import runtime
 
-    monkeypatch.setattr(training, "native_bf16", lambda device=None: native)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device=None: native)
     model = tiny_bert(tokenizer)
     dtypes = set()
     model.bert.encoder.layer[0].attention.self.query.register_forward_hook(

@@ -1,0 +1,83 @@
+"""Files written whole or not at all, and the checksums that say a file is the one we expect.
+
+Every writer in the course goes through here, so an interrupted run never leaves half a file
+or half a folder that a later command would take for finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class ChecksumError(ValueError):
+    """A file differs from the one the course was built and measured with."""
+
+
+def sha256_of(path: str | Path) -> str:
+    """sha256 of a file, or of a folder: its files' relative paths and contents, in order."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+            digest.update(bytes.fromhex(sha256_of(file)))
+        return digest.hexdigest()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: str | Path, value) -> Path:
+    return write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def read_json(path: str | Path, default=None):
+    """The JSON in `path`, `default` when there is no such file; a broken file names itself."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); delete it or restore it") from None
+
+
+@contextmanager
+def building(target: str | Path):
+    """Yield a scratch folder; when the block ends without an error, it replaces `target`.
+
+    An interrupted build leaves only the scratch folder (`TARGET.partial`), which the next
+    build clears, never a `target` that looks complete.
+    """
+    target = Path(target)
+    scratch = target.with_name(target.name + ".partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    yield scratch
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    scratch.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
