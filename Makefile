@@ -41,8 +41,10 @@ endif
 course: check-profile setup
 	$(BIN)/python -m helpers.course $(NOTEBOOKS)
 
+# Each notebook cell gets the smoke profile's cell_timeout_s (minutes): a hung kernel is named, fast.
 test: setup
-	COURSE_PROFILE=smoke COURSE_BUILD_DIR=build/smoke $(BIN)/python -m pytest -q tests --nbval-lax notebooks
+	COURSE_PROFILE=smoke COURSE_BUILD_DIR=build/smoke $(BIN)/python -m pytest -q tests --nbval-lax notebooks \
+	  --nbval-cell-timeout=$$($(BIN)/python -c 'from helpers.config import PROFILES; print(PROFILES["smoke"].cell_timeout_s)')
 
 # Notebooks without the solutions, for a class; then check every copy runs up to its first exercise.
 student: setup

@@ -20,6 +20,16 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be a whole number, got {value!r}") from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"--seed must be between 0 and 2**32 - 1, got {seed}")
+    return seed
+
+
 def _split_list(value: str, what: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
@@ -44,12 +54,37 @@ def _finetune_parser() -> argparse.ArgumentParser:
     add_profile_argument(parser)
     parser.add_argument("--output", required=True, type=Path, help="directory for the model")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0)
     parser.add_argument("--patience", type=int, default=None,
                         help="stop after this many epochs without a better validation accuracy")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the checkpoint in OUTPUT/training")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true",
+                      help="continue from the checkpoint in OUTPUT/training")
+    what.add_argument("--overwrite", action="store_true",
+                      help="replace what OUTPUT holds (a model, a checkpoint) with a new run")
     return parser
+
+
+def _check_output_folder(args) -> str | None:
+    """Why OUTPUT cannot take this run (None when it can); clears a finished model's marker and
+    metrics when the run may replace it, so an interrupted run is never taken for finished."""
+    from helpers.training import MODEL_INFO
+
+    out = args.output
+    if out.exists() and not out.is_dir():
+        return f"--output {out} is a file, not a folder; give a folder for the model"
+    if out.is_dir() and any(out.iterdir()) and not (args.resume or args.overwrite):
+        if (out / "training" / "checkpoint").is_dir() and not (out / MODEL_INFO).exists():
+            return (f"{out} holds an interrupted run: add --resume to continue it, or "
+                    "--overwrite to start again")
+        return f"{out} is not empty: add --overwrite to replace what it holds, or pick a new folder"
+    if args.overwrite and (out / "training").is_dir():
+        import shutil
+
+        shutil.rmtree(out / "training")
+    for name in (MODEL_INFO, "metrics.json"):  # the marker goes first, the metrics with it
+        (out / name).unlink(missing_ok=True)
+    return None
 
 
 def _review_splits(args, profile, prefix: str):
@@ -95,6 +130,9 @@ def finetune_main(argv: list[str] | None = None) -> int:
         if args.epochs < 1:
             return _error(f"--epochs must be at least 1, got {args.epochs}")
         profile = with_overrides(profile, epochs=args.epochs)
+    problem = _check_output_folder(args)
+    if problem:
+        return _error(problem)
     acc = accelerator(profile.bf16)
     if acc.is_main_process:
         print(f"processes: {acc.num_processes}", flush=True)
@@ -117,9 +155,16 @@ def finetune_main(argv: list[str] | None = None) -> int:
     recipe = recipe_for(args.model, profile)
     if args.epochs is not None:
         recipe.pop("epochs", None)  # --epochs wins (it is already in the profile)
-    result = finetune(model, tokenizer, train, val, profile=profile, seed=args.seed,
-                      output_dir=args.output / "training", resume=args.resume,
-                      patience=args.patience, **recipe)
+    try:
+        result = finetune(model, tokenizer, train, val, profile=profile, seed=args.seed,
+                          output_dir=args.output / "training", resume=args.resume,
+                          patience=args.patience, **recipe)
+    except KeyboardInterrupt as stop:
+        print(f"\n{stop or 'interrupted'}: rerun the same command with --resume to continue",
+              file=sys.stderr)
+        return 130
+    except ValueError as err:  # --resume against a checkpoint of other settings
+        return _error(str(err))
     if not acc.is_main_process:
         return 0
     bf16 = result.info["bf16"]  # score in the precision the model was trained in
@@ -129,11 +174,11 @@ def finetune_main(argv: list[str] | None = None) -> int:
                "best_step": result.best_step, "stopped_early": result.stopped_early,
                **_score_splits(result.model, tokenizer, {"validation": val, "test": test},
                                profile, args.seed, bf16)}
-    save_finetuned(result.model, tokenizer, args.output, max_seq_len=profile.max_seq_len,
-                   labels=LABELS, prefix=prefix, bf16=bf16)
     from helpers.io import write_json
 
-    write_json(args.output / "metrics.json", metrics)
+    write_json(args.output / "metrics.json", metrics)  # before the model's marker
+    save_finetuned(result.model, tokenizer, args.output, max_seq_len=profile.max_seq_len,
+                   labels=LABELS, prefix=prefix, bf16=bf16)
     print(f"saved the model and metrics.json to {args.output}")
     return 0
 
@@ -144,17 +189,21 @@ class _BadLine(Exception):
     pass
 
 
-def _parse_line(raw: bytes) -> dict:
+def _parse_line(raw: bytes) -> dict | None:
+    """The review on one input line; None for a blank line (skipped, as the data loader does)."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _BadLine("not valid UTF-8") from None
+    line = line.lstrip("\ufeff").rstrip("\r\n")  # a byte-order mark, as some editors write
     if not line.strip():
-        raise _BadLine("empty line, expected a JSON object")
+        return None
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise _BadLine(f"malformed JSON ({err.msg} at column {err.colno})") from None
+        raise _BadLine(f"malformed JSON: {err.msg} (column {err.colno})") from None
+    except RecursionError:
+        raise _BadLine("malformed JSON: nested too deeply") from None
     if not isinstance(record, dict):
         raise _BadLine(f"expected a JSON object, got {type(record).__name__}")
     if "text" not in record:
@@ -164,7 +213,17 @@ def _parse_line(raw: bytes) -> dict:
         raise _BadLine(f"\"text\" must be a string, got {type(text).__name__}")
     if not text.strip():
         raise _BadLine("\"text\" is empty")
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _BadLine("a lone surrogate (\\ud800-\\udfff) is not Unicode text") from None
+    except RecursionError:
+        raise _BadLine("malformed JSON: nested too deeply") from None
     return record
+
+
+class _DamagedModel(Exception):
+    pass
 
 
 def _predict_parser() -> argparse.ArgumentParser:
@@ -194,13 +253,16 @@ def _label_lines(args, labeller, out) -> tuple[int, int]:
     with open(args.input, "rb") as src:
         for number, raw in enumerate(src, start=1):
             try:
-                records.append(_parse_line(raw))
+                record = _parse_line(raw)
             except _BadLine as err:
                 print(f"{args.input}:{number}: {err}", file=sys.stderr)
                 if args.on_error == "stop":
                     raise
                 skipped += 1
                 continue
+            if record is None:
+                continue
+            records.append(record)
             if len(records) == chunk:
                 written += labeller(records, out)
                 records = []
@@ -209,7 +271,22 @@ def _label_lines(args, labeller, out) -> tuple[int, int]:
     return written, skipped
 
 
+def _check_files(src: Path, dst: Path) -> str | None:
+    """Why predict cannot read `src` or write `dst` (None when it can): the output is replaced
+    by renaming a finished file over it, so it must be a new or a regular file, never the input."""
+    if not src.is_file():
+        return f"input file {src} does not exist"
+    if dst.is_symlink():
+        return f"--output {dst} is a symbolic link; give the path of a regular file"
+    if dst.exists() and not dst.is_file():
+        return f"--output {dst} exists and is not a regular file (a folder or a device)"
+    if dst.exists() and os.path.samefile(src, dst):
+        return f"--output {dst} is the input file; write the predictions to a new file"
+    return None
+
+
 def predict_main(argv: list[str] | None = None) -> int:
+    import numpy as np
     import torch
 
     from helpers.training import load_finetuned, predict
@@ -217,8 +294,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     args = _predict_parser().parse_args(argv)
     if args.batch_size < 1:
         return _error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not args.input.is_file():
-        return _error(f"input file {args.input} does not exist")
+    problem = _check_files(args.input, args.output)
+    if problem:
+        return _error(problem)
     try:
         model, tokenizer, info = load_finetuned(args.model)
     except (OSError, ValueError) as err:
@@ -230,6 +308,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     def labeller(records, out):
         probs = predict(model, tokenizer, [info["prefix"] + r["text"] for r in records],
                         batch_size=args.batch_size, max_length=info["max_seq_len"], bf16=bf16)
+        if not np.isfinite(probs).all():
+            raise _DamagedModel
         for record, p in zip(records, probs):
             record["label"] = info["labels"][int(p.argmax())]
             record["score"] = round(float(p[-1]), 6)
@@ -247,6 +327,14 @@ def predict_main(argv: list[str] | None = None) -> int:
         print(f"stopped at the first bad line; nothing written to {args.output} "
               "(use --on-error skip to skip bad lines)", file=sys.stderr)
         return 1
+    except _DamagedModel:
+        tmp.unlink(missing_ok=True)
+        return _error(f"the model in {args.model} gives non-finite probabilities (NaN or inf): its "
+                      f"weights are damaged; fine-tune it again. Nothing written to {args.output}", 1)
+    except KeyboardInterrupt:
+        tmp.unlink(missing_ok=True)
+        print(f"\ninterrupted; nothing written to {args.output}", file=sys.stderr)
+        return 130
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

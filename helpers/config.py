@@ -53,6 +53,8 @@ class Profile:
     few_shot_ks: tuple[int, ...] = (0, 16, 64, 256)  # few-shot curve (notebook 06)
     # per language; the real-world (wild) test sets hold thousands of reviews (notebook 05)
     max_wild_eval_examples: int | None = None
+    # --- running notebooks -----------------------------------------------------------------
+    cell_timeout_s: int = 300  # a cell that runs longer stops the run and is named (make course)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +128,7 @@ PROFILES: dict[str, Profile] = {
         data_sizes=(16, 64, 256),
         few_shot_ks=(0, 16, 64, 256),
         max_wild_eval_examples=300,
+        cell_timeout_s=1800,
     ),
     "gpu": Profile(
         name="gpu",
@@ -155,6 +158,7 @@ PROFILES: dict[str, Profile] = {
         data_sizes=(16, 64, 256),
         few_shot_ks=(0, 16, 64, 256),
         max_wild_eval_examples=None,
+        cell_timeout_s=1800,
     ),
 }
 

@@ -39,11 +39,12 @@ def course_notebooks(selection: list[str] | None = None) -> list[Path]:
     return paths
 
 
-def run_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> dict:
-    """Execute one notebook cell by cell; returns {status, wall_s, peak_mb, failed_cell, error}."""
+def run_notebook(path: Path, out_dir: Path, *, timeout: int) -> dict:
+    """Execute one notebook cell by cell, each within `timeout` seconds (the profile's
+    cell_timeout_s); returns {status, wall_s, peak_mb, failed_cell, error}."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
     from tqdm.auto import tqdm
 
     nb = nbformat.read(path, as_version=4)
@@ -60,26 +61,37 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 3600) -> dict:
                     continue
                 client.execute_cell(cell, index)
                 bar.update()
-        except CellExecutionError as error:
-            info.update(status="failed", failed_cell=index,
-                        error=str(error).strip().splitlines()[-1] if str(error).strip() else repr(error))
+        except (CellExecutionError, CellTimeoutError) as error:
+            timed_out = isinstance(error, CellTimeoutError)
+            info.update(status="timed out" if timed_out else "failed", failed_cell=index,
+                        error=f"no answer within {timeout} s (the profile's cell_timeout_s)"
+                        if timed_out else str(error).strip().splitlines()[-1] if str(error).strip()
+                        else repr(error))
             first_line = next((l for l in cell.source.splitlines() if l.strip()), "")
             info["cell_source"] = first_line[:80]
         finally:
             bar.close()
         info["wall_s"] = round(time.perf_counter() - start, 1)
-        nb.cells.append(nbformat.v4.new_code_cell(_PEAK_MEMORY_CODE))  # nbclient runs cells of nb only
-        try:
-            probe = client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
-            text = "".join(o.get("text", "") for o in probe.outputs if o.get("name") == "stdout")
-            info["peak_mb"] = round(float(text.strip()), 1)
-        except Exception:  # a dead kernel has no memory to report; the status says why
-            pass
-        finally:
-            nb.cells.pop()
+        if info["status"] != "timed out":  # a kernel still busy with the cell cannot answer
+            info["peak_mb"] = _peak_memory(client, nb)
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)  # partial copy too: outputs up to the failure
     return info
+
+
+def _peak_memory(client, nb) -> float | None:
+    """The kernel's peak resident memory in MB, asked after the notebook's last cell."""
+    import nbformat
+
+    nb.cells.append(nbformat.v4.new_code_cell(_PEAK_MEMORY_CODE))  # nbclient runs cells of nb only
+    try:
+        probe = client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+        text = "".join(o.get("text", "") for o in probe.outputs if o.get("name") == "stdout")
+        return round(float(text.strip()), 1)
+    except Exception:  # a dead kernel has no memory to report; the status says why
+        return None
+    finally:
+        nb.cells.pop()
 
 
 def export_html(executed: Path, html_dir: Path) -> Path:
@@ -113,16 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from tqdm.auto import tqdm
 
-    profile = get_profile().name
+    profile = get_profile()
     paths = course_notebooks(args.notebooks)
     out_dir, html_dir = build_dir() / "notebooks", build_dir() / "html"
     if not args.notebooks and results_path().exists():  # a full run starts a fresh results file
         results_path().replace(results_path().with_name("results.previous.json"))
-    print(f"running {len(paths)} notebooks in the {profile} profile into {build_dir()}")
+    print(f"running {len(paths)} notebooks in the {profile.name} profile into {build_dir()}")
     rows, failed = [], None
     for path in tqdm(paths, desc="course", unit="notebook"):
-        info = run_notebook(path, out_dir)
-        _save_run(path.stem, info, profile)
+        info = run_notebook(path, out_dir, timeout=profile.cell_timeout_s)
+        _save_run(path.stem, info, profile.name)
         rows.append((path.stem, info))
         if not args.no_html:
             export_html(out_dir / path.name, html_dir)
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total wall time: {sum(i['wall_s'] for _, i in rows):.0f} s; results: {results_path()}")
     if failed:
         path, info = failed
-        print(f"\nFAILED: {path.name}, code cell at index {info['failed_cell']} "
+        print(f"\n{info['status'].upper()}: {path.name}, code cell at index {info['failed_cell']} "
               f"({info.get('cell_source', '')!r}): {info['error']}\n"
               f"the partial executed copy is {out_dir / path.name}", file=sys.stderr)
         return 1

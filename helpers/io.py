@@ -81,3 +81,37 @@ def building(target: str | Path):
         target.rename(old)
     scratch.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+_INTACT: set[tuple] = set()  # (folder, size and mtime of each file) already checked in this process
+
+
+def record_files(folder: str | Path, marker: str, **facts) -> Path:
+    """Write `marker` into `folder`: the size and sha256 of every other file there, and `facts`.
+    Written last, it says the folder is complete; `files_intact` checks it later."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_of(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != marker}
+    return write_json(folder / marker, dict(facts, files=files))
+
+
+def files_intact(folder: str | Path, marker: str) -> bool:
+    """Whether `folder` holds exactly the files its marker recorded, byte for byte: sizes always,
+    sha256 once per process for each unchanged file (a damaged cache is rebuilt, not trusted)."""
+    folder = Path(folder)
+    try:
+        recorded = read_json(folder / marker, {}).get("files")
+    except ValueError:  # a damaged marker
+        return False
+    if not recorded:
+        return False
+    for name, facts in recorded.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != facts["size"]:
+            return False
+        key = (str(path), path.stat().st_size, path.stat().st_mtime_ns, facts["sha256"])
+        if key not in _INTACT:
+            if sha256_of(path) != facts["sha256"]:
+                return False
+            _INTACT.add(key)
+    return True

@@ -468,23 +468,18 @@ def train_loop(model: torch.nn.Module, dataset, collate_fn: Callable, *, profile
                desc: str = "training") -> TrainResult:
     """Train `model` on `dataset` (anything with len() and [i]) and return a TrainResult.
 
-    collate_fn turns a list of items into a batch dict for `model(**batch)`. batches: epoch ->
-    lists of indices, a function of the epoch only (default: random batches), so a resumed run
-    sees the same order. eval_fn: model -> {name: value} at each epoch end (and every
-    `eval_every` steps); `metric` (default: its first key) picks the best weights, restored at
-    the end, and early stopping after `patience` evaluations without improvement. Sizes not
-    given come from `profile` (batch_size, epochs, learning_rate, warmup_ratio, bf16).
-    output_dir: checkpoints in output_dir/checkpoint every `checkpoint_every` steps (default:
-    each epoch), at the end and on Ctrl-C; `resume=True` continues from it exactly.
-    stop_after: stop after this step as if interrupted. on_step(step, loss) after every step.
-    Under N processes each takes every N-th batch: a step sees N x batch_size x grad_accum_steps
-    examples; every process evaluates the whole evaluation set.
+    collate_fn: items -> a batch for `model(**batch)`. batches: epoch -> lists of indices, a
+    function of the epoch only, so a resumed run sees the same order. eval_fn: model ->
+    {name: value} each epoch (and every `eval_every` steps); `metric` (default: its first key)
+    picks the best weights and stops after `patience` evaluations without improvement. Sizes
+    not given come from `profile`. output_dir: a checkpoint every `checkpoint_every` steps (or
+    epoch), at the end and on Ctrl-C; resume=True continues it exactly. stop_after: stop there
+    as if interrupted. Under N processes a step sees N x batch_size x grad_accum_steps examples.
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    acc = accelerator(profile.bf16)
-    batch_size = batch_size or profile.batch_size
+    acc, batch_size = accelerator(profile.bf16), batch_size or profile.batch_size
     settings = _settings(dataset, profile, batches=batches, seed=seed, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size,
                          grad_accum_steps=grad_accum_steps, world=acc.num_processes,

@@ -405,40 +405,30 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
              batch_size: int | None = None, learning_rate: float | None = None,
              max_length: int | None = None, seed: int = 0, output_dir: str | Path | None = None,
              resume: bool = False, stop_after: int | None = None, evaluations: int = 10,
-             progress: bool = True, desc: str | None = None,
-             on_step: Callable[[int, float], None] | None = None):
-    """Pretrain `model` with MLM (+ NSP when nsp) on `train_examples`; returns the TrainResult
-    of helpers.loop.train_loop, whose `model` is `model` itself.
+             progress: bool = True, desc: str | None = None, on_step: Callable | None = None):
+    """Pretrain `model` with MLM (+ NSP when nsp) on `train_examples` (pairs from
+    `build_pretraining_pairs`, or {"text": ...} for MLM only); returns train_loop's TrainResult.
 
-    Examples are pairs from `build_pretraining_pairs` / `make_nsp_pairs`, or {"text": ...}
-    for MLM only. Sizes default to the profile (pretrain_steps, pretrain_batch_size,
-    pretrain_learning_rate, pretrain_seq_len, checkpoint_every). About `evaluations` times
-    the held-out examples are scored: history columns val_mlm_loss, val_mlm_accuracy and,
-    with NSP, val_nsp_loss, val_nsp_accuracy; train_loss is the sum of both losses. The
-    weights with the best held-out MLM accuracy are kept (nearly always the last ones).
-    `output_dir`, `resume`, `stop_after`: checkpoints and exact resume, as in train_loop.
-    on_step(step, loss): called after every optimizer step (e.g. to copy the weights at a few
-    points of the budget).
-    result.info adds: unigram_baseline (accuracy) and unigram_token, tokens_per_s (training
-    tokens per second in this session, evaluation time excluded), tokens_per_step,
-    train_examples, heldout_examples, train_tokens, nsp.
+    Sizes default to the profile's pretrain_* fields. About `evaluations` times the held-out
+    examples are scored (history: val_mlm_loss, val_mlm_accuracy, with NSP val_nsp_*); the
+    weights with the best held-out MLM accuracy are kept. output_dir, resume, stop_after,
+    on_step: as in train_loop. result.info adds unigram_baseline and unigram_token,
+    tokens_per_s (evaluation excluded), tokens_per_step, train_tokens and the set sizes.
     """
+    from accelerate import PartialState
+
     from helpers.loop import length_grouped_batches, train_loop
 
     max_steps = max_steps or profile.pretrain_steps
     batch_size = batch_size or profile.pretrain_batch_size
-    learning_rate = learning_rate or profile.pretrain_learning_rate
-    max_length = max_length or profile.pretrain_seq_len
-    _check_fits(model, tokenizer, max_length, heldout_examples)
-    objective = PretrainingObjective(model, nsp=nsp)
-    collator = PretrainingCollator(tokenizer, max_length=max_length, nsp=nsp)
+    _check_fits(model, tokenizer, max_length or profile.pretrain_seq_len, heldout_examples)
+    collator = PretrainingCollator(tokenizer, max_length=max_length or profile.pretrain_seq_len,
+                                   nsp=nsp)
     lengths, train_tokens = _token_statistics(collator, train_examples, progress=progress)
     held_out = heldout_batches(collator, heldout_examples, batch_size, seed=seed)
-    special = collator.special_ids
     token, baseline = unigram_baseline(train_tokens, torch.cat(
-        [b["labels"].flatten() for b in held_out]), special)
-
-    clock = dict(eval_s=0.0, steps=0)
+        [b["labels"].flatten() for b in held_out]), collator.special_ids)
+    clock = dict(eval_s=0.0, steps=0)  # evaluation time is left out of tokens_per_s
 
     def eval_fn(wrapped):
         start = time.perf_counter()
@@ -448,23 +438,21 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
 
     def count_step(step, loss):
         clock["steps"] += 1
-        if on_step is not None:
-            on_step(step, loss)
+        return on_step and on_step(step, loss)
 
     started = time.perf_counter()
     result = train_loop(
-        objective, list(train_examples), collator,
+        PretrainingObjective(model, nsp=nsp), list(train_examples), collator,
         batches=lambda epoch: length_grouped_batches(lengths, batch_size, seed=seed, epoch=epoch),
         eval_fn=eval_fn, metric="val_mlm_accuracy", profile=profile, seed=seed,
-        max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+        max_steps=max_steps, batch_size=batch_size,
+        learning_rate=learning_rate or profile.pretrain_learning_rate,
         output_dir=output_dir, checkpoint_every=profile.checkpoint_every, resume=resume,
         stop_after=stop_after, eval_every=max(1, max_steps // max(1, evaluations)),
         log_every=max(1, max_steps // 50), on_step=count_step, progress=progress,
         desc=desc or ("pretraining MLM+NSP" if nsp else "pretraining MLM"))
-    training_s = time.perf_counter() - started - clock["eval_s"]
-    from accelerate import PartialState
-
     tokens_per_step = float(np.mean(lengths)) * batch_size * PartialState().num_processes
+    training_s = time.perf_counter() - started - clock["eval_s"]
     result.model = model
     result.info.update(
         nsp=nsp, unigram_token=tokenizer.convert_ids_to_tokens(token), unigram_baseline=baseline,

@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,21 +149,34 @@ def _jsonable(value):
 # --- the model hub, when there is one ----------------------------------------------------
 
 _HUB_STATE: dict[str, bool] = {}
+HUB = ("huggingface.co", 443)
+
+
+def _connects(address, timeout: float, answer: dict) -> None:
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            answer["ok"] = True
+    except OSError:
+        answer["ok"] = False
 
 
 def hub_reachable(timeout: float = 1.5) -> bool:
     """True when huggingface.co answers within `timeout` seconds (checked once per process).
 
-    HF_HUB_OFFLINE=1 means no. Never hangs: a plain TCP connect with a short timeout.
+    HF_HUB_OFFLINE=1 means no. Never hangs, whatever name lookup does: the lookup and the
+    connection run in a thread that is given `timeout` seconds in all, then abandoned.
     """
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
     if "hub" not in _HUB_STATE:
-        try:
-            with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-                _HUB_STATE["hub"] = True
-        except OSError:
-            _HUB_STATE["hub"] = False
+        answer: dict = {}
+        probe = threading.Thread(target=_connects, args=(HUB, timeout, answer), daemon=True)
+        probe.start()
+        probe.join(timeout)
+        _HUB_STATE["hub"] = answer.get("ok", False)
+        if not _HUB_STATE["hub"]:
+            print(f"the Hugging Face hub did not answer within {timeout:g} s: working offline",
+                  file=sys.stderr)
     return _HUB_STATE["hub"]
 
 

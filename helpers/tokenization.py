@@ -71,6 +71,7 @@ def course_texts(max_documents: int | None = None) -> list[str]:
 # Part of the cache key: bump it whenever train_wordpiece's settings or course_texts change,
 # so a tokenizer trained by an older recipe is never silently reused.
 RECIPE = "r2"
+MARKER = "CACHED.json"  # the files' sizes and sha256, written last
 
 
 def course_tokenizer(profile):
@@ -78,13 +79,13 @@ def course_tokenizer(profile):
     first time, then read from cache_dir()/tokenizers/wordpiece-<vocab>-<profile>-<RECIPE>."""
     from transformers import PreTrainedTokenizerFast
 
-    from helpers.io import building
+    from helpers.io import building, files_intact, record_files
     from helpers.runtime import cache_dir
 
     vocab_size = profile.tokenizer_vocab_size
     max_length = profile.mini_bert.get("max_position_embeddings", 512)
     path = cache_dir() / "tokenizers" / f"wordpiece-{vocab_size}-{profile.name}-{RECIPE}"
-    if (path / "tokenizer.json").is_file():
+    if files_intact(path, MARKER):
         return PreTrainedTokenizerFast.from_pretrained(path)
     # the pretraining notebook reads at most this many documents per language, so the
     # tokenizer needs no more (and smoke stays fast)
@@ -94,6 +95,7 @@ def course_tokenizer(profile):
     tokenizer = train_wordpiece(texts, vocab_size, model_max_length=max_length)
     with building(path) as scratch:
         tokenizer.save_pretrained(scratch)
+        record_files(scratch, MARKER, vocab_size=vocab_size, recipe=RECIPE)
     return tokenizer
 
 

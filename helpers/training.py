@@ -201,7 +201,16 @@ def load_finetuned(path: str | Path):
     if not (path / MODEL_INFO).is_file():
         raise FileNotFoundError(f"{path} is not a fine-tuned model directory (no {MODEL_INFO}); "
                                 "make one with `python -m helpers finetune --output DIR`")
-    info = {"prefix": "", "bf16": False, **read_json(path / MODEL_INFO)}  # older files lack some
+    saved = read_json(path / MODEL_INFO)
+    info = {"prefix": "", "bf16": False, **(saved if isinstance(saved, dict) else {})}
+    labels = info.get("labels")
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
+            and isinstance(info.get("max_seq_len"), int) and info["max_seq_len"] > 0):
+        raise ValueError(f"{path / MODEL_INFO} is damaged (it needs \"labels\" and "
+                         "\"max_seq_len\"); fine-tune the model again")
+    if not (path / "model.safetensors").is_file():
+        raise ValueError(f"{path} has no model.safetensors; the course loads weights only from "
+                         "safetensors files, never from pickled ones (pytorch_model.bin)")
     model = quiet.from_pretrained(head_class(saved_pooling(AutoConfig.from_pretrained(path))), path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer, info

@@ -90,7 +90,6 @@ BAD = [  # (line, what stderr must say about it)
     (b'{"id": 7}', 'no "text" field'),
     (b'{"text": "   "}', '"text" is empty'),
     (b'{"text": 42}', '"text" must be a string, got int'),
-    (b"", "empty line"),
     (b'{"text": "caf\xe9"}', "not valid UTF-8"),
 ]
 

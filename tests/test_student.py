@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 from helpers import course, student
+from helpers.config import get_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -47,6 +48,7 @@ def test_student_copy_runs_up_to_its_first_exercise(path, tmp_path):
         pytest.skip(f"{path.name} has no exercise with a solution")
     copy.cells = copy.cells[: stubs[0] + 1]  # everything before the first exercise, and its stub
     nbformat.write(copy, tmp_path / path.name)
-    info = course.run_notebook(tmp_path / path.name, tmp_path / "out")
+    info = course.run_notebook(tmp_path / path.name, tmp_path / "out",
+                               timeout=get_profile().cell_timeout_s)
     assert info["status"] == "failed" and info["failed_cell"] == stubs[0], info
     assert "NotImplementedError" in info["error"]
