@@ -115,8 +115,8 @@ GPU_PEAKS = (
     ("T4", r"\bT4\b", 65.0, "fp16"),  # Turing has no bf16 tensor cores
     ("RTX 4090", r"\bRTX 4090\b", 165.0, "bf16"),
 )
-# The issue that asked for this benchmark notes that an H200 sustains roughly this much on large
-# bf16 matrix products: a practical ceiling (~80% of the data-sheet peak), not measured here.
+# A practical ceiling for large bf16 matrix products on an H200 (~80% of the data-sheet peak):
+# a commonly quoted figure, not a measurement of this course.
 H200_SUSTAINED_MATMUL_TFLOPS = 790.0
 
 

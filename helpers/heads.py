@@ -80,23 +80,36 @@ def saved_pooling(config) -> str:
     return "mean" if MeanPoolForSequenceClassification.__name__ in names else "cls"
 
 
+def fit_probe(x_train, y_train, x_val=None, y_val=None, *, cs=(1.0,), scale: bool = True):
+    """A linear probe: a logistic regression on frozen features, standardised first when `scale`
+    (dense features; not sparse tf-idf rows). One fit per C in `cs`, the best on the validation
+    features chosen (the first on ties; no validation set: the first C). Returns (C, pipeline)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    fits = {c: make_pipeline(*([StandardScaler()] if scale else []),
+                             LogisticRegression(C=c, max_iter=5000)).fit(x_train, y_train)
+            for c in cs}
+    best = cs[0] if x_val is None else max(cs, key=lambda c: fits[c].score(x_val, y_val))
+    return best, fits[best]
+
+
 def probe_head(model, features, labels, *, C: float = 1.0) -> float:
-    """Set `model.classifier` to a logistic regression fitted on frozen `features` (one row per
+    """Set `model.classifier` to a linear probe (fit_probe) of frozen `features` (one row per
     training text, as the head will see them: the mean-pooled last layer), and return its
     training accuracy. Fine-tuning from this head instead of a random one is LP-FT ("linear
     probe, then fine-tune"): the encoder's first updates follow a head that already reads its
     features, instead of the gradients of a random head that distort them.
     """
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
-    scaler = StandardScaler().fit(features)
-    fit = LogisticRegression(C=C, max_iter=5000).fit(scaler.transform(features), labels)
+    _, fit = fit_probe(features, labels, cs=(C,))
+    scaler, logistic = fit.named_steps["standardscaler"], fit.named_steps["logisticregression"]
     # fold the scaler into the linear layer: w . (x - mu) / sigma + b = (w / sigma) . x + b'
-    weight = fit.coef_ / scaler.scale_
-    bias = fit.intercept_ - weight @ scaler.mean_
+    weight = logistic.coef_ / scaler.scale_
+    bias = logistic.intercept_ - weight @ scaler.mean_
     if weight.shape[0] == 1:  # binary: scikit-learn keeps one row, for class 1 against class 0
         weight = np.vstack([-weight / 2, weight / 2])
         bias = np.array([-bias[0] / 2, bias[0] / 2])
@@ -104,28 +117,20 @@ def probe_head(model, features, labels, *, C: float = 1.0) -> float:
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(weight, dtype=layer.weight.dtype))
         layer.bias.copy_(torch.as_tensor(bias, dtype=layer.bias.dtype))
-    return float(fit.score(scaler.transform(features), labels))
+    return float(fit.score(features, labels))
 
 
 def probe_accuracy(model, tokenizer, train, validation, test, *, prefix: str = "",
                    max_length: int = 128, cs=(0.01, 0.1, 1.0)) -> dict:
-    """A linear probe: how much of the label frozen features already carry.
-
-    Each text becomes the mean of the encoder's last-layer token vectors (the encoder does not
-    train); a standardised logistic regression learns the label, its C picked on `validation`.
-    train/validation/test: datasets with text and label. Returns {"C", "val", "test"} accuracies.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+    """How much of the label frozen features already carry: each text becomes the mean of the
+    encoder's last-layer token vectors (the encoder does not train), and `fit_probe` learns the
+    label, its C picked on `validation`. train/validation/test: datasets with text and label.
+    Returns {"C", "val", "test"} accuracies."""
     from helpers.domains import mean_pooled_embeddings
 
     x = [mean_pooled_embeddings(model, tokenizer, list(ds["text"]), prefix=prefix,
                                 max_length=max_length, normalize=False)
          for ds in (train, validation, test)]
-    fits = {c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-            .fit(x[0], train["label"]) for c in cs}
-    best = max(cs, key=lambda c: fits[c].score(x[1], validation["label"]))  # first C on ties
-    return {"C": best, "val": float(fits[best].score(x[1], validation["label"])),
-            "test": float(fits[best].score(x[2], test["label"]))}
+    best, fit = fit_probe(x[0], train["label"], x[1], validation["label"], cs=cs)
+    return {"C": best, "val": float(fit.score(x[1], validation["label"])),
+            "test": float(fit.score(x[2], test["label"]))}

@@ -293,9 +293,8 @@ class PretrainingObjective(torch.nn.Module):
 
     It equals the model's own forward(labels=...) loss, but for BERT models the vocabulary
     projection (hidden x vocabulary, the largest matrix product of a small BERT) runs only at
-    the ~15% masked positions, the only ones the loss reads (measured on one CPU core: 1.6x to
-    2.2x faster steps for mini BERTs of hidden size 256 and 128). The output also holds the
-    MLM and NSP losses separately.
+    the ~15% masked positions, the only ones the loss reads. The output also holds the MLM and
+    NSP losses separately.
     """
 
     def __init__(self, model, *, nsp: bool):

@@ -21,10 +21,9 @@ from helpers.io import read_json, write_json
 # Tokenizers' thread pool forks badly inside Jupyter and DataLoader workers; the course
 # tokenises in the main process, so quiet the warning for everyone who imports helpers.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# oneDNN (PyTorch's CPU matrix kernels) caches a compiled kernel, with the weights reordered for
-# it, for each input shape it meets (1,024 by default). Length-grouped batches bring many shapes:
-# notebook 03's memory grew by ~2 GB over a run. 16 entries: peak 1.7 GB instead of 2.7 GB over
-# 900 pretraining steps, at the same speed. Read when oneDNN first runs, so setting it here works.
+# oneDNN (PyTorch's CPU matrix kernels) caches a compiled kernel per input shape (1,024 by
+# default), and length-grouped batches bring many shapes: a small cache keeps memory flat at the
+# same speed (README, "Measurements behind the code"). Read when oneDNN first runs.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,9 +43,7 @@ def native_bf16(device=None) -> bool:
     """Whether `device` (default: get_device()) computes in bf16 natively, so that bf16 autocast
     pays: a CUDA GPU with bf16 support, or a CPU with AVX512-BF16 or AMX-BF16 instructions.
 
-    On such a CPU (measured on 2 cores with AVX512-BF16) a training step of the cpu profile's
-    models took 0.5-0.7x the float32 time. Without the instructions bf16 is emulated and slower
-    than float32, and Apple's mps is left in float32 too.
+    Without the instructions bf16 is emulated and slower than float32; Apple's mps stays float32.
     """
     import torch
 
@@ -65,11 +62,8 @@ def native_bf16(device=None) -> bool:
 def release_memory() -> None:
     """Hand memory that Python and torch have freed back to the operating system.
 
-    glibc keeps freed heap memory for later use, so after a fine-tuning run a process can hold
-    a gigabyte it no longer uses (measured: fine-tuning multilingual-e5-small on 64 reviews left
-    1.7 GB resident for 0.2 GB of live tensors; malloc_trim took it to 0.7 GB). Each later run
-    then climbs from there, and a notebook with many runs ends far above what it ever needed at
-    once. A no-op where the C library has no malloc_trim (macOS, Windows, musl)."""
+    glibc keeps freed heap memory for later use, so a notebook with many fine-tuning runs would
+    end far above what it ever needed at once. A no-op without malloc_trim (macOS, Windows)."""
     gc.collect()
     if sys.platform.startswith("linux"):
         try:

@@ -261,3 +261,22 @@ def test_load_encoder_keeps_the_head_of_a_saved_classifier(tiny_encoder_dir, tmp
     out = eager(**batch, output_attentions=True)
     assert len(out.attentions) == eager.config.num_hidden_layers
     torch.testing.assert_close(out.attentions[-1].sum(-1), torch.ones_like(out.attentions[-1].sum(-1)))
+
+
+def test_fit_probe_picks_c_on_validation_like_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from helpers.heads import fit_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 12))
+    y = (x[:, 0] + 0.8 * rng.normal(size=300) > 0).astype(int)
+    cs = (0.001, 0.1, 10.0)
+    best, fit = fit_probe(x[:200], y[:200], x[200:], y[200:], cs=cs)
+    scores = {c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+              .fit(x[:200], y[:200]).score(x[200:], y[200:]) for c in cs}
+    assert scores[best] == max(scores.values())
+    assert fit.score(x[200:], y[200:]) == scores[best]
+    assert fit_probe(x, y, cs=(0.5,))[0] == 0.5
