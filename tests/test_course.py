@@ -55,7 +55,7 @@ def test_a_cell_that_never_answers_is_stopped_and_named(tmp_path):
 
     from helpers.config import PROFILES
 
-    assert all(p.cell_timeout_s <= 1800 for p in PROFILES.values())
+    assert all(p.cell_timeout_s < 3600 for p in PROFILES.values())
     path = _notebook(tmp_path, "95_hang.ipynb", "print('before')", "import time\ntime.sleep(600)",
                      "print('never')")
     start = time.perf_counter()
