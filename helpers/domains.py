@@ -9,6 +9,12 @@
   PAD = 2 (1 - 2 err), which runs from 0 (alike) to 2 (fully separable).
 - `mean_pooled_embeddings`: one vector per text from a frozen encoder, the average of its last
   hidden states over the real tokens (how e5 makes its sentence embeddings).
+- `shift_drop` and `drop_difference`: what a shift from a source domain to a target domain
+  costs, drop = acc(trained on target) - acc(trained on source), both on the target's test
+  items, with a paired bootstrap interval; and whether one model's drop is larger than
+  another's on the same items.
+- `correlation_interval`: a Pearson or Spearman correlation with a bootstrap interval over the
+  points (e.g. domain distance against drop, one point per shift).
 """
 from __future__ import annotations
 
@@ -134,3 +140,87 @@ def _texts(texts):
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not one string")
     return list(texts)
+
+
+def _correct(y_true, predictions) -> np.ndarray:
+    """(runs, items) 0/1 array: is each run right on each item. predictions: (items,) or
+    (runs, items), e.g. one row per seed."""
+    y_true = np.asarray(y_true)
+    predictions = np.atleast_2d(np.asarray(predictions))
+    if y_true.ndim != 1 or predictions.shape[1] != len(y_true) or len(y_true) == 0:
+        raise ValueError(f"predictions of shape {predictions.shape} do not match {len(y_true)} "
+                         "labels: pass (items,) or (runs, items) arrays for a non-empty test set")
+    return (predictions == y_true).astype(float)
+
+
+def _percentile_interval(samples, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def shift_drop(y_true, pred_in_domain, pred_shifted, *, n_boot: int = 2000,
+               level: float = 0.95, seed: int = 0) -> dict:
+    """What a shift costs on one target test set, with a paired bootstrap interval.
+
+    pred_in_domain: predictions of a model trained on the target domain; pred_shifted: of the
+    same kind of model trained on the source domain; both on the same target test items, as
+    (items,) or (runs, items) arrays (runs, e.g. seeds, are averaged per item). The drop is
+    acc(in-domain) - acc(shifted); the interval resamples the test items and keeps each item's
+    two predictions together, so the difficulty of the items cancels out.
+    Returns {"in_domain", "shifted", "drop", "low", "high", "n"}.
+    """
+    from helpers.metrics import paired_bootstrap
+
+    _correct(y_true, pred_in_domain), _correct(y_true, pred_shifted)  # shapes checked
+    paired = paired_bootstrap(y_true, pred_in_domain, pred_shifted, n_boot=n_boot, level=level,
+                              seed=seed)
+    return {"in_domain": float(_correct(y_true, pred_in_domain).mean()),
+            "shifted": float(_correct(y_true, pred_shifted).mean()), "drop": paired["difference"],
+            "low": paired["low"], "high": paired["high"], "n": int(len(np.asarray(y_true)))}
+
+
+def drop_difference(y_true, in_a, shifted_a, in_b, shifted_b, *, n_boot: int = 2000,
+                    level: float = 0.95, seed: int = 0) -> dict:
+    """drop(A) - drop(B) for two models on the same target test items, with a paired bootstrap
+    interval (the items are resampled once for all four predictions).
+
+    Each argument after y_true is (items,) or (runs, items) predictions, as in `shift_drop`.
+    A positive difference means the shift costs model A more than model B.
+    Returns {"difference", "low", "high", "n"}.
+    """
+    per_item = ((_correct(y_true, in_a).mean(axis=0) - _correct(y_true, shifted_a).mean(axis=0))
+                - (_correct(y_true, in_b).mean(axis=0) - _correct(y_true, shifted_b).mean(axis=0)))
+    from helpers.metrics import bootstrap_mean
+
+    mean, low, high = bootstrap_mean(per_item, n_boot=n_boot, level=level, seed=seed)
+    return {"difference": mean, "low": low, "high": high, "n": int(len(per_item))}
+
+
+def correlation_interval(x, y, *, method: str = "pearson", n_boot: int = 2000,
+                         level: float = 0.95, seed: int = 0) -> dict:
+    """A correlation coefficient and its percentile bootstrap interval over the points.
+
+    method: "pearson" or "spearman". Resamples that leave x or y constant (r undefined) are
+    skipped. Returns {"r", "low", "high", "n"}; r, low and high are None when x or y is
+    constant. The points are treated as independent, which shifts that share a domain are not:
+    the interval is then too narrow, never too wide.
+    """
+    from scipy import stats
+
+    functions = {"pearson": stats.pearsonr, "spearman": stats.spearmanr}
+    if method not in functions:
+        raise ValueError(f"unknown method {method!r}; use one of {sorted(functions)}")
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 3:
+        raise ValueError(f"need two 1-D arrays of the same length, at least 3 points; got shapes "
+                         f"{x.shape} and {y.shape}")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"r": None, "low": None, "high": None, "n": int(len(x))}
+    coefficient = functions[method]
+    rows = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    samples = [float(coefficient(x[i], y[i])[0]) for i in rows
+               if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0]
+    low, high = _percentile_interval(samples, level)
+    return {"r": float(coefficient(x, y)[0]), "low": low, "high": high, "n": int(len(x))}
+

@@ -53,6 +53,16 @@ def bootstrap_ci(y_true, y_pred, metric=None, n_boot: int = 2000, level: float =
     return float(point), float(low), float(high)
 
 
+def bootstrap_mean(values, n_boot: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of per-item `values` and its percentile bootstrap interval."""
+    values = np.asarray(values, dtype=float)
+    samples = values[_boot_indices(len(values), n_boot, seed)].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(values.mean()), float(low), float(high)
+
+
 def paired_bootstrap(y_true, pred_a, pred_b, n_boot: int = 5000, level: float = 0.95,
                      seed: int = 0) -> dict:
     """Is A more accurate than B on these items? Resample items, keep the pairing.

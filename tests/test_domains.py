@@ -110,3 +110,76 @@ def test_mean_pooling_uses_the_encoder_under_a_head(encoder, tokenizer):
     texts = ["good", "bad room"]
     np.testing.assert_allclose(domains.mean_pooled_embeddings(classifier, tokenizer, texts),
                                domains.mean_pooled_embeddings(encoder, tokenizer, texts), atol=1e-5)
+
+
+def test_shift_drop_is_the_accuracy_difference_with_a_paired_interval():
+    from sklearn.metrics import accuracy_score
+
+    from helpers.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    good = np.where(rng.random(400) < 0.9, y, 1 - y)
+    poor = np.where(rng.random(400) < 0.7, y, 1 - y)
+    result = domains.shift_drop(y, good, poor, seed=3)
+    assert result["in_domain"] == pytest.approx(accuracy_score(y, good))
+    assert result["shifted"] == pytest.approx(accuracy_score(y, poor))
+    assert result["drop"] == pytest.approx(accuracy_score(y, good) - accuracy_score(y, poor))
+    assert result["n"] == 400
+    # the same paired resampling as helpers.metrics, which it must agree with closely
+    reference = paired_bootstrap(y, good, poor, n_boot=20000, seed=0)
+    assert result["low"] == pytest.approx(reference["low"], abs=0.01)
+    assert result["high"] == pytest.approx(reference["high"], abs=0.01)
+    assert 0 < result["low"] < result["drop"] < result["high"]
+    # identical predictions: no drop and no spread
+    same = domains.shift_drop(y, good, good)
+    assert same["drop"] == same["low"] == same["high"] == 0.0
+
+
+def test_shift_drop_averages_runs_per_item():
+    y = np.array([0, 1, 1, 0])
+    runs = np.array([[0, 1, 1, 0], [1, 1, 0, 0]])  # accuracy 1.0 and 0.5
+    result = domains.shift_drop(y, runs, np.array([1, 0, 0, 1]))
+    assert result["in_domain"] == pytest.approx(0.75)
+    assert result["shifted"] == 0.0 and result["drop"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="do not match"):
+        domains.shift_drop(y, y[:3], y)
+
+
+def test_drop_difference_compares_two_models_on_the_same_items():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 500)
+
+    def noisy(p):
+        return np.where(rng.random(500) < p, y, 1 - y)
+
+    in_a, shifted_a, in_b, shifted_b = noisy(0.9), noisy(0.6), noisy(0.9), noisy(0.88)
+    result = domains.drop_difference(y, in_a, shifted_a, in_b, shifted_b)
+    drop_a = np.mean(in_a == y) - np.mean(shifted_a == y)
+    drop_b = np.mean(in_b == y) - np.mean(shifted_b == y)
+    assert result["difference"] == pytest.approx(drop_a - drop_b)
+    assert result["low"] > 0 and result["low"] < result["difference"] < result["high"]
+    # a model against itself: exactly zero
+    zero = domains.drop_difference(y, in_a, shifted_a, in_a, shifted_a)
+    assert zero["difference"] == zero["low"] == zero["high"] == 0.0
+
+
+def test_correlation_interval_matches_scipy_and_covers_the_truth():
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=60)
+    y = 0.6 * x + 0.8 * rng.normal(size=60)  # true correlation 0.6
+    result = domains.correlation_interval(x, y)
+    assert result["r"] == pytest.approx(stats.pearsonr(x, y)[0])
+    assert result["low"] < 0.6 < result["high"] and result["n"] == 60
+    rho = domains.correlation_interval(x, y, method="spearman")
+    assert rho["r"] == pytest.approx(stats.spearmanr(x, y)[0])
+    # unrelated points: the interval straddles zero
+    unrelated = domains.correlation_interval(x, rng.normal(size=60))
+    assert unrelated["low"] < 0 < unrelated["high"]
+    assert domains.correlation_interval([1, 2, 3], [5, 5, 5])["r"] is None
+    with pytest.raises(ValueError, match="method"):
+        domains.correlation_interval(x, y, method="kendall")
+    with pytest.raises(ValueError, match="same length"):
+        domains.correlation_interval(x, y[:-1])
