@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from helpers.config import add_profile_argument, get_profile, with_overrides
+from helpers.config import PROFILES, add_profile_argument, get_profile, with_overrides
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -239,7 +239,7 @@ def _predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                         help="at a bad input line: stop (nothing is written) or skip it")
-    parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"),
+    parser.add_argument("--profile", default=None, choices=list(PROFILES),
                         help="compute in this profile's precision (default: the precision the "
                              "model was trained in)")
     return parser

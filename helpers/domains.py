@@ -172,12 +172,12 @@ def shift_drop(y_true, pred_in_domain, pred_shifted, *, n_boot: int = 2000,
     """
     from helpers.metrics import paired_bootstrap
 
-    _correct(y_true, pred_in_domain), _correct(y_true, pred_shifted)  # shapes checked
+    right_in, right_shifted = _correct(y_true, pred_in_domain), _correct(y_true, pred_shifted)
     paired = paired_bootstrap(y_true, pred_in_domain, pred_shifted, n_boot=n_boot, level=level,
                               seed=seed)
-    return {"in_domain": float(_correct(y_true, pred_in_domain).mean()),
-            "shifted": float(_correct(y_true, pred_shifted).mean()), "drop": paired["difference"],
-            "low": paired["low"], "high": paired["high"], "n": int(len(np.asarray(y_true)))}
+    return {"in_domain": float(right_in.mean()), "shifted": float(right_shifted.mean()),
+            "drop": paired["difference"], "low": paired["low"], "high": paired["high"],
+            "n": right_in.shape[1]}
 
 
 def drop_difference(y_true, in_a, shifted_a, in_b, shifted_b, *, n_boot: int = 2000,

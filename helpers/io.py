@@ -83,7 +83,7 @@ def building(target: str | Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-_INTACT: set[tuple] = set()  # (folder, size and mtime of each file) already checked in this process
+_INTACT: set[tuple] = set()  # (path, size, mtime, sha256) of files already checked in this process
 
 
 def record_files(folder: str | Path, marker: str, **facts) -> Path:
@@ -107,9 +107,12 @@ def files_intact(folder: str | Path, marker: str) -> bool:
         return False
     for name, facts in recorded.items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != facts["size"]:
+        if not path.is_file():
             return False
-        key = (str(path), path.stat().st_size, path.stat().st_mtime_ns, facts["sha256"])
+        stat = path.stat()
+        if stat.st_size != facts["size"]:
+            return False
+        key = (str(path), stat.st_size, stat.st_mtime_ns, facts["sha256"])
         if key not in _INTACT:
             if sha256_of(path) != facts["sha256"]:
                 return False
