@@ -52,3 +52,56 @@ def test_student_copy_runs_up_to_its_first_exercise(path, tmp_path):
                                timeout=get_profile().cell_timeout_s)
     assert info["status"] == "failed" and info["failed_cell"] == stubs[0], info
     assert "NotImplementedError" in info["error"]
+
+
+def _names(source: str, ctx) -> set[str]:
+    """Names a cell binds (ctx=ast.Store, with defs and imports) or reads (ctx=ast.Load)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # IPython magics: not used in these notebooks' exercises
+        return set()
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ctx)}
+    if ctx is ast.Store:
+        names |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        names |= {(a.asname or a.name).split(".")[0] for n in ast.walk(tree)
+                  if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    return names
+
+
+def solution_only_names_used_later(nb) -> list[str]:
+    """Lesson cells that read a name only an earlier solution cell defines (a stub breaks them)."""
+    import ast
+
+    defined, from_solutions, found = set(), set(), []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.get("tags", [])
+        if student.is_solution(cell):
+            from_solutions |= _names(cell.source, ast.Store) - defined
+            continue
+        if "check" not in tags:
+            missing = (_names(cell.source, ast.Load) & from_solutions) - _names(cell.source, ast.Store)
+            found += [f"cell {i} reads {name!r}" for name in sorted(missing)]
+        defined |= _names(cell.source, ast.Store)
+        from_solutions -= defined
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_lessons_go_on_past_an_unsolved_exercise(path):
+    found = solution_only_names_used_later(nbformat.read(path, as_version=4))
+    assert not found, f"{path.name}: a lesson cell needs a name that only a solution defines: {found}"
+
+
+def test_catches_a_lesson_that_needs_a_solution():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("data = [1, 2, 3]"),
+        nbformat.v4.new_code_cell("def mean(xs):\n    return sum(xs) / len(xs)", metadata={"tags": ["solution"]}),
+        nbformat.v4.new_code_cell("assert mean([2]) == 2", metadata={"tags": ["check"]}),
+        nbformat.v4.new_code_cell("print(mean(data))")])
+    assert solution_only_names_used_later(nb) == ["cell 3 reads 'mean'"]
+    nb.cells.insert(3, nbformat.v4.new_code_cell("from statistics import mean"))
+    assert solution_only_names_used_later(nb) == []
