@@ -104,8 +104,9 @@ class Peak:
     dtype: str  # the precision of that peak
 
 
-# (label, pattern in torch.cuda.get_device_name(), dense TFLOP/s, dtype): vendors' data-sheet
-# figures without sparsity, not measurements. The first pattern that matches wins.
+# (label, pattern in torch.cuda.get_device_name(), dense TFLOP/s, dtype): the tensor-core peaks of
+# NVIDIA's datasheets, dense (where a datasheet also prints a figure "with sparsity", it is twice
+# this), not measurements. The first pattern that matches wins.
 GPU_PEAKS = (
     ("H200", r"\bH200\b", 989.0, "bf16"),
     ("H100 PCIe", r"\bH100\b.*\bPCIe\b", 756.0, "bf16"),
@@ -115,9 +116,6 @@ GPU_PEAKS = (
     ("T4", r"\bT4\b", 65.0, "fp16"),  # Turing has no bf16 tensor cores
     ("RTX 4090", r"\bRTX 4090\b", 165.0, "bf16"),
 )
-# A practical ceiling for large bf16 matrix products on an H200 (~80% of the data-sheet peak):
-# a commonly quoted figure, not a measurement of this course.
-H200_SUSTAINED_MATMUL_TFLOPS = 790.0
 
 
 def gpu_peak(device_name: str | None = None) -> Peak | None:
