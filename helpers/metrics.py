@@ -11,8 +11,9 @@ from sklearn import metrics as skm
 
 
 def classification_summary(y_true, y_pred, labels=("negative", "positive")) -> dict:
-    """Accuracy, macro-F1, per-class precision and recall, and the confusion matrix; class i of
-    y_true and y_pred is named labels[i] (the course's helpers.data.LABELS by default)."""
+    """Accuracy, macro-F1, per-class precision, recall and F1, and the confusion matrix (rows: true
+    class, columns: predicted); class i of y_true and y_pred is named labels[i] (the course's
+    helpers.data.LABELS by default)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     ids = list(range(len(labels)))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
@@ -22,6 +23,7 @@ def classification_summary(y_true, y_pred, labels=("negative", "positive")) -> d
         "macro_f1": float(skm.f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
         "precision": dict(zip(labels, precision.round(6).tolist())),
         "recall": dict(zip(labels, recall.round(6).tolist())),
+        "f1": dict(zip(labels, f1.round(6).tolist())),
         "support": dict(zip(labels, support.tolist())),
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=ids).tolist(),
         "n": int(len(y_true)),

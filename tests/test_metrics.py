@@ -15,7 +15,19 @@ def test_summary_equals_scikit_learn():
     assert s["macro_f1"] == pytest.approx(skm.f1_score(y, p, average="macro"))
     assert s["precision"]["positive"] == pytest.approx(skm.precision_score(y, p), abs=1e-6)
     assert s["recall"]["negative"] == pytest.approx(skm.recall_score(y, p, pos_label=0), abs=1e-6)
+    assert s["f1"]["negative"] == pytest.approx(skm.f1_score(y, p, pos_label=0), abs=1e-6)
+    assert np.mean(list(s["f1"].values())) == pytest.approx(s["macro_f1"], abs=1e-6)
     assert s["confusion_matrix"] == skm.confusion_matrix(y, p).tolist()
+
+
+def test_summary_of_a_majority_baseline_on_an_unbalanced_set():
+    """Always answering the majority class: high accuracy, no recall for the minority class."""
+    y = np.array([1] * 90 + [0] * 10)
+    s = metrics.classification_summary(y, np.ones_like(y))
+    assert s["accuracy"] == pytest.approx(0.9)
+    assert s["recall"] == {"negative": 0.0, "positive": 1.0} and s["f1"]["negative"] == 0.0
+    assert s["macro_f1"] == pytest.approx(0.5 * 2 * 0.9 / 1.9, abs=1e-6)
+    assert s["confusion_matrix"] == [[0, 10], [0, 90]]
 
 
 def test_bootstrap_interval_covers_true_accuracy_about_95_percent():
