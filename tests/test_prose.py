@@ -85,3 +85,28 @@ def test_allows_math_code_definitions_and_versions():
     assert problems("the model scores 91.3% here") == ["typed figure '91.3%' in '...the model "
                                                        "scores 91.3% here...'"]
     assert problems("chance is 37 %") != []
+
+
+# Each method the course teaches, with a piece of its equation that display math must contain.
+EQUATIONS = {
+    "01_": {"scaled dot-product attention": r"\sqrt{d_k}", "multi-head with W^O": "W^O",
+            "sinusoidal positions": "10000^{2i/d}", "token + segment + position embeddings": r"W^\text{seg}"},
+    "03_": {"MLM loss over masked positions": r"\sum_{i \in M}", "NSP head and loss": r"\mathcal{L}_{\text{NSP}}"},
+    "04_": {"softmax cross-entropy": r"-\log p_y", "AdamW, decoupled decay": r"\lambda\,\theta_{t-1}",
+            "linear warm-up and decay": "t / W", "InfoNCE": r"/\tau"},
+    "05_": {"paired bootstrap interval": "Uniform", "PAD": r"1 - 2\,\varepsilon"},
+    "06_": {"bootstrap interval": "q_{2.5}", "cosine similarity": r"\cos(u, v)"},
+    "07_": {"bootstrap interval": "q_{2.5}", "F1": "F_{1,k}", "McNemar": r"\chi^2", "ECE": r"\mathrm{ECE}",
+            "temperature scaling": "z / T"},
+    "08_": {"FLOPs per token": "6N", "MFU": r"\text{MFU}"},
+}
+
+
+@pytest.mark.parametrize("prefix", sorted(EQUATIONS))
+def test_every_method_has_its_equation(prefix):
+    path = next(p for p in NOTEBOOKS if p.name.startswith(prefix))
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    math = " ".join(m.group(1) for c in cells if c["cell_type"] == "markdown"
+                    for m in re.finditer(r"\$\$(.*?)\$\$", "".join(c["source"]), re.DOTALL))
+    missing = [method for method, piece in EQUATIONS[prefix].items() if piece not in math]
+    assert not missing, f"{path.name}: no display equation for {missing}"
