@@ -42,8 +42,10 @@ course: check-profile setup
 	$(BIN)/python -m helpers.course $(NOTEBOOKS)
 
 # Each notebook cell gets the smoke profile's cell_timeout_s (minutes): a hung kernel is named, fast.
+# Two processes (pytest-xdist): notebooks 03-07 in order in one, the rest beside it (conftest.py),
+# one thread each: two processes of two OpenMP threads on two cores wait on each other.
 test: setup
-	COURSE_PROFILE=smoke COURSE_BUILD_DIR=build/smoke $(BIN)/python -m pytest -q tests --nbval-lax notebooks \
+	OMP_NUM_THREADS=1 COURSE_PROFILE=smoke COURSE_BUILD_DIR=build/smoke $(BIN)/python -m pytest -q -n 2 tests --nbval-lax notebooks \
 	  --nbval-cell-timeout=$$($(BIN)/python -c 'from helpers.config import PROFILES; print(PROFILES["smoke"].cell_timeout_s)')
 
 # Notebooks without the solutions, for a class; then check every copy runs up to its first exercise.

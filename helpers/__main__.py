@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
+    from helpers.config import read_environment
+
+    read_environment()
     module, function, _ = COMMANDS[argv[0]]
     return getattr(importlib.import_module(module), function)(argv[1:]) or 0
 

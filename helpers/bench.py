@@ -272,7 +272,9 @@ def bench(model_size: str = "tiny", *, seq_len: int, batch_size: int, steps: int
         raise ValueError(f"seq_len {seq_len} exceeds the {model_size} model's "
                          f"{config.max_position_embeddings} positions")
     peak = gpu_peak()
-    processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun / accelerate launch set it
+    from accelerate import PartialState
+
+    processes = PartialState().num_processes  # > 1 under torchrun / accelerate launch
     timers = {"ours": time_train_loop, "trainer": time_trainer}
     rows = []
     for task in tasks:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from helpers.config import PROFILES, add_profile_argument, get_profile, with_overrides
+from helpers.io import writing
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -316,29 +317,19 @@ def predict_main(argv: list[str] | None = None) -> int:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         return len(records)
 
-    # Write beside the output and rename at the end: a stopped run leaves no partial file.
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".partial")
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
+    try:  # io.writing: a stopped or failed run leaves the output as it was
+        with writing(args.output) as out:
             written, skipped = _label_lines(args, labeller, out)
     except _BadLine:
-        tmp.unlink(missing_ok=True)
         print(f"stopped at the first bad line; nothing written to {args.output} "
               "(use --on-error skip to skip bad lines)", file=sys.stderr)
         return 1
     except _DamagedModel:
-        tmp.unlink(missing_ok=True)
         return _error(f"the model in {args.model} gives non-finite probabilities (NaN or inf): its "
                       f"weights are damaged; fine-tune it again. Nothing written to {args.output}", 1)
     except KeyboardInterrupt:
-        tmp.unlink(missing_ok=True)
         print(f"\ninterrupted; nothing written to {args.output}", file=sys.stderr)
         return 130
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, args.output)
     if skipped:
         print(f"skipped {skipped} bad line(s)", file=sys.stderr)
     print(f"wrote {written} predictions to {args.output}")

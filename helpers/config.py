@@ -11,8 +11,9 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 
 # What notebooks import from here next to their profile (defined in helpers.runtime).
-from helpers.runtime import (ROOT, build_dir, cache_dir, get_device, hub_reachable,  # noqa: F401
-                             measured_run_times, native_bf16, record, release_memory, set_seed)
+from helpers.runtime import (ROOT, SETTINGS, build_dir, cache_dir, from_root,  # noqa: F401
+                             get_device, hub_reachable, measured_run_times, native_bf16, record,
+                             release_memory, set_seed)
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,9 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         description="CI: every notebook in seconds on 2 CPU cores; numbers are NOT meaningful",
-        max_train_examples=96,
+        max_train_examples=48,
         max_eval_examples=64,
-        max_seq_len=48,
+        max_seq_len=32,
         batch_size=16,
         epochs=1,
         learning_rate=5e-5,
@@ -198,6 +199,19 @@ def add_profile_argument(parser) -> None:
                              "else cpu)")
 
 
+def read_environment(environ=None) -> None:
+    """Fill helpers.runtime.SETTINGS from COURSE_BUILD_DIR, COURSE_CACHE_DIR, COURSE_PREFER_HUB
+    and HF_HUB_OFFLINE. Only the edges call this (start_notebook, the command lines)."""
+    environ = os.environ if environ is None else environ
+
+    def yes(name: str) -> bool:
+        return environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+    SETTINGS.build = from_root(environ.get("COURSE_BUILD_DIR") or "build")
+    SETTINGS.cache = from_root(environ.get("COURSE_CACHE_DIR") or ".cache")
+    SETTINGS.prefer_hub, SETTINGS.offline = yes("COURSE_PREFER_HUB"), yes("HF_HUB_OFFLINE")
+
+
 def with_overrides(profile: Profile, **changes) -> Profile:
     """A copy of `profile` with some knobs changed (for exercises and the CLI)."""
     return replace(profile, **changes)
@@ -205,6 +219,7 @@ def with_overrides(profile: Profile, **changes) -> Profile:
 
 def start_notebook(notebook: str, seed: int = 0) -> Profile:
     """Pick the profile, seed everything, set the plot style, and say what this run is."""
+    read_environment()
     profile = get_profile()
     set_seed(seed)
     try:

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import get_profile
-from .io import read_json, write_json
+from .config import get_profile, read_environment
+from .io import locked, read_json, write_json
 from .runtime import ROOT, build_dir, load_results, results_path, run_times_path
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -107,15 +107,17 @@ def export_html(executed: Path, html_dir: Path) -> Path:
 
 def _save_run(name: str, info: dict, profile: str) -> None:
     """Add the notebook's timing to results.json and to the cross-profile run_times.json."""
-    data = load_results()
-    data.setdefault("notebooks", {}).setdefault(name, {})["run"] = dict(info, profile=profile)
-    write_json(results_path(), data)
+    with locked(results_path()):
+        data = load_results()
+        data.setdefault("notebooks", {}).setdefault(name, {})["run"] = dict(info, profile=profile)
+        write_json(results_path(), data)
     if info["status"] == "ok":
-        times = read_json(run_times_path(), {})
-        times.setdefault(profile, {})[name] = {
-            "wall_s": info["wall_s"], "peak_mb": info["peak_mb"],
-            "date": time.strftime("%Y-%m-%d")}
-        write_json(run_times_path(), times)
+        with locked(run_times_path()):
+            times = read_json(run_times_path(), {})
+            times.setdefault(profile, {})[name] = {
+                "wall_s": info["wall_s"], "peak_mb": info["peak_mb"],
+                "date": time.strftime("%Y-%m-%d")}
+            write_json(run_times_path(), times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from tqdm.auto import tqdm
 
+    read_environment()
     profile = get_profile()
     paths = course_notebooks(args.notebooks)
     out_dir, html_dir = build_dir() / "notebooks", build_dir() / "html"

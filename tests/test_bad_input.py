@@ -19,6 +19,7 @@ import torch
 
 from helpers import cli
 from helpers.cli import finetune_main, predict_main
+from helpers.runtime import SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -156,11 +157,11 @@ def test_a_truncated_cached_tokenizer_is_rebuilt(tmp_path, monkeypatch):
     from helpers.config import get_profile
     from helpers.tokenization import course_tokenizer
 
-    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(SETTINGS, "cache", tmp_path)
     profile = get_profile("smoke")
     with contextlib.redirect_stdout(io.StringIO()):
         first = course_tokenizer(profile)
-    [cached] = (tmp_path / "tokenizers").iterdir()
+    [cached] = [p for p in (tmp_path / "tokenizers").iterdir() if p.is_dir()]
     with open(cached / "tokenizer.json", "r+b") as handle:
         handle.truncate(50)
     with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -178,7 +179,7 @@ def test_a_damaged_vader_cache_is_repaired_by_setup(tmp_path, monkeypatch):
         pytest.skip("the VADER files are prepared by `make setup`")
     import shutil
 
-    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(SETTINGS, "cache", tmp_path)
     shutil.copytree(real, tmp_path / "data" / "vader")
     shutil.copytree(real.parent.parent / "downloads", tmp_path / "downloads")
     victim = tmp_path / "data" / "vader" / data.VADER_FILES[0]
@@ -220,7 +221,7 @@ def test_hub_check_returns_in_time_when_name_lookup_hangs(monkeypatch):
         time.sleep(30)
         raise socket.gaierror("no answer")
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(SETTINGS, "offline", False)
     monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
     monkeypatch.setattr(runtime, "_HUB_STATE", {})
     start = time.perf_counter()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import config
+from helpers.runtime import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +87,7 @@ def test_set_seed_repeats_python_numpy_torch():
 
 
 def test_record_merges_and_survives(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path))
+    monkeypatch.setattr(SETTINGS, "build", tmp_path)
     monkeypatch.setenv("COURSE_PROFILE", "smoke")
     config.record("99_demo", "smoke", accuracy=np.float32(0.5), curve=np.array([1, 2]))
     config.record("99_demo", "smoke", f1=torch.tensor(0.25))
@@ -96,19 +97,44 @@ def test_record_merges_and_survives(tmp_path, monkeypatch):
     assert entry["profile"] == "smoke"
 
 
+def _record_many(worker: int) -> None:
+    for i in range(25):
+        config.record(f"9{worker}_demo", "smoke", **{f"value_{i}": i})
+
+
+def test_notebooks_recording_at_once_keep_every_value(tmp_path, monkeypatch):
+    """Two notebooks open at once (or a notebook and a command) write results.json together:
+    each update is a read-modify-write, and without the lock one overwrites the other's."""
+    import multiprocessing
+
+    monkeypatch.setattr(SETTINGS, "build", tmp_path)
+    workers = [multiprocessing.get_context("fork").Process(target=_record_many, args=(w,))
+               for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    notebooks = json.loads((tmp_path / "results.json").read_text())["notebooks"]
+    assert {name: len(entry["results"]) for name, entry in notebooks.items()} == {
+        f"9{w}_demo": 25 for w in range(4)}
+
+
 def test_device_is_a_torch_device():
     assert isinstance(config.get_device(), torch.device)
 
 
 def test_hub_check_never_hangs_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(SETTINGS, "offline", True)
     assert config.hub_reachable() is False
 
 
 def test_relative_build_dir_is_relative_to_the_repository(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COURSE_BUILD_DIR", "build/smoke")
+    for field in ("build", "cache", "prefer_hub", "offline"):  # restored after the test
+        monkeypatch.setattr(SETTINGS, field, getattr(SETTINGS, field))
+    config.read_environment({"COURSE_BUILD_DIR": "build/smoke", "COURSE_PREFER_HUB": "yes"})
     assert config.build_dir() == ROOT / "build" / "smoke"
+    assert config.SETTINGS.prefer_hub and not config.SETTINGS.offline
 
 
 def test_mini_bert_takes_its_own_finetuning_recipe():

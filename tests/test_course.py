@@ -6,6 +6,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from helpers import course, report, runtime
 from helpers.config import record
+from helpers.runtime import SETTINGS
 
 
 def _notebook(tmp_path, name, *sources):
@@ -36,7 +37,7 @@ def test_failure_names_the_cell_and_keeps_the_partial_copy(tmp_path):
 
 
 def test_report_shows_recorded_results_and_run_times(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path))
+    monkeypatch.setattr(SETTINGS, "build", tmp_path)
     monkeypatch.setenv("COURSE_PROFILE", "smoke")
     # run_times.json lives in the real build/ (it outlives COURSE_BUILD_DIR); keep the test out of it
     times = tmp_path / "run_times.json"

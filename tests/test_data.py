@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import data as D
+from helpers.runtime import SETTINGS
 
 COURSE_CELLS = [(lang, domain) for lang in D.LANGS for domain in D.DOMAINS]
 MIN_PER_LABEL = 100  # each language x domain x label cell of the course reviews
@@ -269,7 +270,7 @@ def test_zh_domain_rule(text, domain):
 
 
 def test_prepare_fails_with_one_line_saying_what_to_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(SETTINGS, "cache", tmp_path)
     failed = SimpleNamespace(returncode=1, stderr="ERROR: No matching distribution found\n")
     monkeypatch.setattr(D.subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(D.DataError) as error:

@@ -8,7 +8,7 @@ import torch
 
 HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 # Where configuration enters: the notebooks' start_notebook (config) and the command lines.
-EDGES = {"config", "cli", "course"}
+EDGES = {"config", "cli", "course", "student", "__main__"}
 # Modules that teach one idea on their own: they import no other helper.
 STANDALONE = {"attention", "metrics"}
 # data sits below everything that trains or loads models.
@@ -36,8 +36,11 @@ def helper_imports(tree: ast.Module) -> set[str]:
     return found
 
 
-def reads_profile(tree: ast.Module) -> list[str]:
-    """Where a module chooses a profile itself: calls of get_profile, reads of COURSE_PROFILE."""
+def reads_configuration(tree: ast.Module) -> list[str]:
+    """Where a module configures itself: calls of get_profile, reads of COURSE_PROFILE or of any
+    environment variable. Setting a library's variable (os.environ.setdefault) is not a read."""
+    settings = {id(node.func.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute) and node.func.attr == "setdefault"}
     where = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
@@ -47,6 +50,11 @@ def reads_profile(tree: ast.Module) -> list[str]:
                 where.append(f"line {node.lineno}: get_profile()")
         if isinstance(node, ast.Constant) and node.value == "COURSE_PROFILE":
             where.append(f"line {node.lineno}: reads COURSE_PROFILE")
+        environ = ((isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"))
+                   or (isinstance(node, ast.ImportFrom) and node.module == "os"
+                       and {a.name for a in node.names} & {"environ", "getenv"}))
+        if environ and id(node) not in settings:
+            where.append(f"line {node.lineno}: reads the environment")
     return where
 
 
@@ -61,7 +69,7 @@ def violations(sources: dict[str, str]) -> list[str]:
         if imports & FORBIDDEN.get(name, set()):
             found.append(f"{name} imports {sorted(imports & FORBIDDEN[name])}")
         if name not in EDGES:
-            found += [f"{name}, {where}" for where in reads_profile(tree)]
+            found += [f"{name}, {where}" for where in reads_configuration(tree)]
     return found
 
 
@@ -79,6 +87,9 @@ def test_the_import_contract_holds():
     ("data", "from helpers.models import load_encoder\n", "data imports ['models']"),
     ("training", "def f():\n    return get_profile()\n", "training, line"),
     ("models", "import os\nNAME = os.environ.get('COURSE_PROFILE')\n", "reads COURSE_PROFILE"),
+    ("runtime", "import os\nBUILD = os.environ['COURSE_BUILD_DIR']\n", "runtime, line"),
+    ("models", "def hub():\n    return os.getenv('COURSE_PREFER_HUB')\n", "reads the environment"),
+    ("bench", "from os import environ\n", "bench, line"),
 ])
 def test_the_contract_test_catches_a_planted_violation(module, planted, expected):
     changed = sources()

@@ -22,6 +22,7 @@ from helpers.models import (
     trim_vocabulary,
 )
 from helpers.tokenization import train_wordpiece
+from helpers.runtime import SETTINGS
 
 MIXED_TEXTS = [
     "The hotel was clean, but breakfast was cold.",
@@ -144,7 +145,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermed
 
 
 def test_mini_bert_fresh_then_from_checkpoint(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path))
+    monkeypatch.setattr(SETTINGS, "build", tmp_path)
     profile = with_overrides(get_profile("smoke"), mini_bert=TINY)
     tokenizer = train_wordpiece(MIXED_TEXTS * 5, vocab_size=120)
     model, tok = load_encoder("mini-bert", num_labels=2, profile=profile, tokenizer=tokenizer)
@@ -201,7 +202,7 @@ def test_trim_needs_a_unigram_tokenizer():
 
 
 def test_offline_hub_id_fails_fast_with_one_line(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(SETTINGS, "offline", True)
     start = time.perf_counter()
     with pytest.raises(ModelUnavailableError) as error:
         load_encoder("bert-base-multilingual-cased", num_labels=2)
@@ -222,7 +223,7 @@ def test_bad_arguments_fail_clearly(tmp_path):
 
 
 def test_registry_table_counts_what_the_models_hold(e5, tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path))  # mini-bert: the profile's size
+    monkeypatch.setattr(SETTINGS, "build", tmp_path)  # mini-bert: the profile's size
     table = describe_models(get_profile("smoke")).set_index("name")
     assert list(table.index[:3]) == ["multilingual-e5-small", "minilm-en", "mini-bert"]
     model, _ = e5

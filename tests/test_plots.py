@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from helpers import plots  # noqa: E402
+from helpers.runtime import SETTINGS
 
 CHINESE = "中文评论"
 
@@ -24,7 +25,7 @@ def test_plot_label_keeps_latin_text_and_never_draws_boxes():
 def test_save_figure_writes_under_the_build_dir(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path))
+    monkeypatch.setattr(SETTINGS, "build", tmp_path)
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
     path = plots.save_figure(fig, "demo")

@@ -24,6 +24,7 @@ from helpers.pretraining import (
     unigram_baseline,
 )
 from helpers.tokenization import train_wordpiece
+from helpers.runtime import SETTINGS
 
 WORDS = ("the market rose while shares of the bank fell after news that profits "
          "would grow slowly this year as the city council voted on a new plan").split()
@@ -315,7 +316,7 @@ def test_cli_pretrains_and_saves_a_checkpoint_load_encoder_reads(tmp_path, monke
 
     _, info = BertForPreTraining.from_pretrained(output, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    monkeypatch.setenv("COURSE_BUILD_DIR", str(build))
+    monkeypatch.setattr(SETTINGS, "build", build)
     model, tok = load_encoder("mini-bert")
     assert type(model).__name__ == "BertModel" and tok.mask_token == "[MASK]"
 

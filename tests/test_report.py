@@ -1,8 +1,7 @@
 """The course report opens with a headline table of the whole course, read from results.json."""
-import pytest
-
 from helpers import report
 from helpers.config import record
+from helpers.runtime import SETTINGS
 
 
 def test_headline_values_are_readable():
@@ -36,7 +35,7 @@ def test_every_headline_names_a_course_notebook():
 
 
 def test_report_opens_with_the_headline_table(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_BUILD_DIR", str(tmp_path))
+    monkeypatch.setattr(SETTINGS, "build", tmp_path)
     monkeypatch.setenv("COURSE_PROFILE", "smoke")
     record("03_pretraining_mlm_nsp", "smoke", val_mlm_accuracy=0.4125, unigram_baseline=0.05)
     record("07_evaluation", "smoke", best_model="e5-en",
@@ -50,22 +49,3 @@ def test_report_opens_with_the_headline_table(tmp_path, monkeypatch):
     assert "03_pretraining_mlm_nsp (smoke)" in table
     assert "not recorded" in table  # notebooks 04-06 have not run in this build dir
     assert page.count("<tr>") > len(report.HEADLINES)
-
-
-@pytest.mark.after_notebooks
-def test_every_headline_is_recorded_by_a_smoke_run_of_the_notebooks(request):
-    """The report reads results.json by key; a notebook that renames or stops recording a key
-    would leave its row "not recorded" without anyone noticing. `make test` runs this after the
-    notebooks (conftest.py orders it), on what they recorded in this very session."""
-    if not getattr(request.config, "course_notebooks_collected", False):
-        pytest.skip("reads what the notebooks record: run it with them (make test)")
-    from helpers.runtime import load_results
-
-    results = load_results()
-    started = request.config.course_session_start
-    stale = sorted({nb for _, _, nb, _ in report.HEADLINES
-                    if results.get("notebooks", {}).get(nb, {}).get("recorded_at", "") < started})
-    assert stale == [], f"not recorded in this session: {stale}"
-    missing = [f"{nb}: {'.'.join(path)}" for _, _, nb, path in report.HEADLINES
-               if report.lookup(results, nb, path) is None]
-    assert missing == []

@@ -4,6 +4,7 @@ import pytest
 from helpers import tokenization
 from helpers.config import get_profile
 from helpers.tokenization import SPECIAL_TOKENS, course_tokenizer, train_wordpiece
+from helpers.runtime import SETTINGS
 
 TEXTS = [
     "The hotel was clean and the staff were friendly.",
@@ -68,7 +69,7 @@ def test_bad_input_fails_clearly():
 
 
 def test_course_tokenizer_is_trained_once_then_cached(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(SETTINGS, "cache", tmp_path)
     first = course_tokenizer(get_profile("smoke"))
     assert "training" in capsys.readouterr().out
     assert (tmp_path / "tokenizers" / f"wordpiece-2000-smoke-{tokenization.RECIPE}" / "tokenizer.json").is_file()

@@ -146,8 +146,8 @@ def test_resume_is_exact(tokenizer, tmp_path, how):
         part = finetune(tiny_bert(tokenizer), tokenizer, train, val, output_dir=out,
                         stop_after=3, **run)
         assert not part.completed and part.steps == 3
-        # a swap cut short leaves only checkpoint-old: resume must find it
-        (out / "checkpoint").rename(out / "checkpoint-old")
+        # a swap cut short leaves only checkpoint.old: resume must find it
+        (out / "checkpoint").rename(out / "checkpoint.old")
     else:
         def interrupt(step, loss):
             if step == 3:
