@@ -100,8 +100,8 @@ def latest_complete(target: str | Path) -> list[Path]:
 
 @contextmanager
 def locked(path: str | Path):
-    """Hold an exclusive lock on `path` (through a hidden `.NAME.lock` beside it) for the block, so that two
-    processes (two notebooks, a notebook and a command) do not interleave their updates.
+    """Hold an exclusive lock on `path` (a hidden `.NAME.lock` beside it) for the block, so that
+    two processes (two notebooks, a notebook and a command) do not interleave their updates.
     Without fcntl (Windows) the block runs unlocked."""
     try:
         import fcntl

