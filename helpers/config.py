@@ -129,7 +129,7 @@ PROFILES: dict[str, Profile] = {
         data_sizes=(16, 64, 256),
         few_shot_ks=(0, 16, 64, 256),
         max_wild_eval_examples=300,
-        cell_timeout_s=2700,  # notebook 04's longest cell: 17 min on 2 float32 cores
+        cell_timeout_s=2700,  # room for notebook 04's longest cell on 2 float32 cores (README)
     ),
     "gpu": Profile(
         name="gpu",
