@@ -324,18 +324,20 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _load() -> float:
+    """The 1-minute load average: how many jobs want the cores (0 where the OS does not say)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
 def busy() -> bool:
-    """More runnable jobs than cores (the 1-minute load average)."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return load > (os.cpu_count() or 1)
+    """More runnable jobs than cores."""
+    return _load() > (os.cpu_count() or 1)
 
 
 def _machine_note() -> str:
-    cores = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    note = (f"{_plural(torch.get_num_threads(), 'thread')}, {_plural(cores, 'core')}, "
-            f"load average {load:.1f}")
-    if load > cores:
+    note = (f"{_plural(torch.get_num_threads(), 'thread')}, "
+            f"{_plural(os.cpu_count() or 1, 'core')}, load average {_load():.1f}")
+    if busy():
         note += " (other jobs share the cores: timings are pessimistic and noisy)"
     return note
 
