@@ -1,7 +1,8 @@
 """The one training loop of the course: fine-tuning, pretraining and the benchmark all run on it.
 
 `train_loop(model, dataset, collate_fn, profile=...)` trains any model whose `forward(**batch)`
-returns an output with `.loss`. It is built from four parts a reader can take one at a time:
+returns an output with `.loss`; `TrainConfig` lists how (epochs, rates, checkpoints, ...). It is
+built from four parts a reader can take one at a time:
 
 - `LoopState`: what a run has done so far (step, losses, best score, history);
 - `_Run.step`: one optimizer step over a group of micro-batches (gradient accumulation);
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -237,6 +238,37 @@ class _GracefulInterrupt:
 # --- one run ---------------------------------------------------------------------------------
 
 @dataclass
+class TrainConfig:
+    """How train_loop trains, besides the model, the data and the profile. A size left None
+    comes from the profile."""
+    seed: int = 0
+    epochs: int | None = None
+    max_steps: int | None = None  # instead of epochs
+    batch_size: int | None = None  # per process and micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 1.0
+    freeze_embeddings: bool = False
+    # evaluation: `metric` (default: eval_fn's first key) picks the best weights and stops
+    # after `patience` evaluations without improvement; every epoch and every `eval_every` steps
+    metric: str | None = None
+    greater_is_better: bool = True
+    patience: int | None = None
+    eval_every: int | None = None
+    # checkpoints in output_dir: every `checkpoint_every` steps (else every epoch), at the end
+    # and on Ctrl-C; `resume` continues one exactly; `stop_after` stops there as if interrupted
+    output_dir: str | Path | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
+    stop_after: int | None = None
+    log_every: int | None = None  # steps per history row (default: a tenth of an epoch)
+    progress: bool = True
+    desc: str = "training"
+
+
+@dataclass
 class LoopSettings:
     """What train_loop was asked for, after the profile's defaults were filled in."""
     batches: Callable[[int], list[list[int]]]
@@ -424,81 +456,69 @@ def _train(run: _Run, dataset, collate_fn, desc, on_step, stop_after) -> bool:
     return True
 
 
-def _settings(dataset, profile, *, batches, seed, epochs, max_steps, batch_size, grad_accum_steps,
-              world, **rest) -> LoopSettings:
-    epochs = profile.epochs if epochs is None else epochs
+def _settings(dataset, profile, c: TrainConfig, batches, world: int) -> LoopSettings:
     if len(dataset) == 0:
         raise ValueError("the training set is empty")
-    if grad_accum_steps < 1:
-        raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+    if c.grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, got {c.grad_accum_steps}")
+    batch_size = c.batch_size or profile.batch_size
     if batches is None:
-        n = len(dataset)
+        n, seed = len(dataset), c.seed
         batches = lambda epoch: random_batches(n, batch_size, seed=seed, epoch=epoch)  # noqa: E731
     per_process = len(batches(0)) // world
-    steps_per_epoch = math.ceil(per_process / grad_accum_steps)
+    steps_per_epoch = math.ceil(per_process / c.grad_accum_steps)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(dataset)} examples make no full step for {world} processes "
-                         f"of batch size {batch_size} x {grad_accum_steps} accumulation steps")
-    total_steps = max_steps or steps_per_epoch * epochs
-    return LoopSettings(batches=batches, seed=seed, total_steps=total_steps,
-                        steps_per_epoch=steps_per_epoch, grad_accum_steps=grad_accum_steps,
-                        log_every=rest.pop("log_every") or max(1, steps_per_epoch // 10), **rest)
+                         f"of batch size {batch_size} x {c.grad_accum_steps} accumulation steps")
+    epochs = profile.epochs if c.epochs is None else c.epochs
+    return LoopSettings(
+        batches=batches, seed=c.seed, total_steps=c.max_steps or steps_per_epoch * epochs,
+        steps_per_epoch=steps_per_epoch, grad_accum_steps=c.grad_accum_steps,
+        max_grad_norm=c.max_grad_norm, log_every=c.log_every or max(1, steps_per_epoch // 10),
+        eval_every=c.eval_every, checkpoint_every=c.checkpoint_every, patience=c.patience,
+        metric=c.metric, greater_is_better=c.greater_is_better)
 
 
-def train_loop(model: torch.nn.Module, dataset, collate_fn: Callable, *, profile, batches=None,
-               eval_fn=None, metric: str | None = None, greater_is_better: bool = True,
-               patience: int | None = None, seed: int = 0, epochs: int | None = None,
-               max_steps: int | None = None, batch_size: int | None = None,
-               learning_rate: float | None = None, warmup_ratio: float | None = None,
-               weight_decay: float = 0.01, grad_accum_steps: int = 1,
-               max_grad_norm: float | None = 1.0, freeze_embeddings: bool = False,
-               output_dir: str | Path | None = None, checkpoint_every: int | None = None,
-               resume: bool = False, stop_after: int | None = None, eval_every: int | None = None,
-               log_every: int | None = None, on_step=None, progress: bool = True,
-               desc: str = "training") -> TrainResult:
+def train_loop(model: torch.nn.Module, dataset, collate_fn: Callable, *, profile,
+               config: TrainConfig | None = None, batches=None, eval_fn=None, on_step=None,
+               **options) -> TrainResult:
     """Train `model` on `dataset` (anything with len() and [i]) and return a TrainResult.
 
-    collate_fn: items -> a batch for `model(**batch)`. batches: epoch -> lists of indices, a
-    function of the epoch only, so a resumed run sees the same order. eval_fn: model ->
-    {name: value} each epoch (and every `eval_every` steps); `metric` (default: its first key)
-    picks the best weights and stops after `patience` evaluations without improvement. Sizes
-    not given come from `profile`. output_dir: a checkpoint every `checkpoint_every` steps (or
-    epoch), at the end and on Ctrl-C; resume=True continues it exactly. stop_after: stop there
-    as if interrupted. Under N processes a step sees N x batch_size x grad_accum_steps examples.
+    collate_fn: items -> a batch for `model(**batch)`. config: how to train (TrainConfig);
+    keyword `options` change its fields one by one (`train_loop(..., epochs=3)`). batches:
+    epoch -> lists of indices, a function of the epoch only, so a resumed run sees the same
+    order. eval_fn: model -> {name: value}. on_step(step, loss): called after every optimizer
+    step. Under N processes a step sees N x batch_size x grad_accum_steps examples.
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    acc, batch_size = accelerator(profile.bf16), batch_size or profile.batch_size
-    settings = _settings(dataset, profile, batches=batches, seed=seed, epochs=epochs,
-                         max_steps=max_steps, batch_size=batch_size,
-                         grad_accum_steps=grad_accum_steps, world=acc.num_processes,
-                         max_grad_norm=max_grad_norm, log_every=log_every, eval_every=eval_every,
-                         checkpoint_every=checkpoint_every, patience=patience, metric=metric,
-                         greater_is_better=greater_is_better)
-    set_seed(seed + acc.process_index)  # one seed per process: dropout masks differ
-    if freeze_embeddings:
+    c = replace(config or TrainConfig(), **options)
+    acc = accelerator(profile.bf16)
+    settings = _settings(dataset, profile, c, batches, acc.num_processes)
+    set_seed(c.seed + acc.process_index)  # one seed per process: dropout masks differ
+    if c.freeze_embeddings:
         freeze_word_embeddings(model)
-    optimizer = _adamw(model, learning_rate or profile.learning_rate, weight_decay)
-    warmup = profile.warmup_ratio if warmup_ratio is None else warmup_ratio
+    optimizer = _adamw(model, c.learning_rate or profile.learning_rate, c.weight_decay)
+    warmup = profile.warmup_ratio if c.warmup_ratio is None else c.warmup_ratio
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup * settings.total_steps),
                                                 settings.total_steps)
     # A resumed run must make the same plan, or "exact" would be a lie.
-    plan = dict(seed=seed, total_steps=settings.total_steps, examples=len(dataset),
+    plan = dict(seed=c.seed, total_steps=settings.total_steps, examples=len(dataset),
                 steps_per_epoch=settings.steps_per_epoch, processes=acc.num_processes,
-                grad_accum_steps=grad_accum_steps)
-    ckpt_dir = Path(output_dir) / CHECKPOINT if output_dir else None
+                grad_accum_steps=c.grad_accum_steps)
+    ckpt_dir = Path(c.output_dir) / CHECKPOINT if c.output_dir else None
     run = _Run(acc, model, optimizer, scheduler, settings, eval_fn, ckpt_dir, plan)
-    rng = run.restore(resume)
+    rng = run.restore(c.resume)
     run.model, run.optimizer = acc.prepare(model, optimizer)
     if rng is not None:
         _set_rng_state(rng)  # last, after everything that might draw random numbers
     run.loss_sum = torch.tensor(run.loss_sum, dtype=torch.float32, device=acc.device)
-    run.bar = tqdm(total=settings.total_steps, initial=run.state.step, desc=desc,
-                   disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+    run.bar = tqdm(total=settings.total_steps, initial=run.state.step, desc=c.desc,
+                   disable=not (c.progress and acc.is_main_process), dynamic_ncols=True)
     run.model.train()
     try:
-        completed = _train(run, dataset, collate_fn, desc, on_step, stop_after)
+        completed = _train(run, dataset, collate_fn, c.desc, on_step, c.stop_after)
     except KeyboardInterrupt:
         _save_on_interrupt(run)
         raise

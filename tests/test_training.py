@@ -107,6 +107,20 @@ def test_gradient_accumulation_counts_optimizer_steps():
     assert result.steps == 2 * 3  # 8 batches per epoch -> steps of 3, 3 and 2 micro-batches
 
 
+def test_a_config_object_and_keywords_train_alike_and_a_typo_is_named():
+    from helpers.loop import TrainConfig
+
+    config = TrainConfig(epochs=2, learning_rate=0.3, weight_decay=0.0, log_every=1, progress=False)
+    torch.manual_seed(0)
+    by_config = train_loop(Regression(), regression_data(), stack, profile=PROFILE, config=config)
+    torch.manual_seed(0)
+    by_keywords = train_loop(Regression(), regression_data(), stack, profile=PROFILE, epochs=2,
+                             learning_rate=0.3, weight_decay=0.0, log_every=1, progress=False)
+    assert by_config.history["train_loss"].tolist() == by_keywords.history["train_loss"].tolist()
+    with pytest.raises(TypeError, match="epoch"):
+        train_loop(Regression(), regression_data(), stack, profile=PROFILE, epoch=2)
+
+
 def test_fits_16_examples(tokenizer):
     train = reviews(16)
     model = tiny_bert(tokenizer)
