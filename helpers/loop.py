@@ -269,20 +269,12 @@ class TrainConfig:
 
 
 @dataclass
-class LoopSettings:
-    """What train_loop was asked for, after the profile's defaults were filled in."""
-    batches: Callable[[int], list[list[int]]]
-    seed: int
-    total_steps: int
-    steps_per_epoch: int
-    grad_accum_steps: int
-    max_grad_norm: float | None
-    log_every: int
-    eval_every: int | None
-    checkpoint_every: int | None
-    patience: int | None
-    metric: str | None
-    greater_is_better: bool
+class LoopSettings(TrainConfig):
+    """A TrainConfig with what it works out to for this data and profile: the batch plan and
+    the number of steps (log_every filled in too)."""
+    batches: Callable[[int], list[list[int]]] | None = None
+    total_steps: int = 0
+    steps_per_epoch: int = 1
 
 
 class _Run:
@@ -424,7 +416,7 @@ def _stop_requested(acc, interrupt) -> bool:
     return stop
 
 
-def _train(run: _Run, dataset, collate_fn, desc, on_step, stop_after) -> bool:
+def _train(run: _Run, dataset, collate_fn, on_step) -> bool:
     """Step through the epochs until the plan ends; returns False when stopped by stop_after."""
     s = run.settings
     with _GracefulInterrupt() as interrupt:
@@ -437,7 +429,7 @@ def _train(run: _Run, dataset, collate_fn, desc, on_step, stop_after) -> bool:
                 generator=torch.Generator())  # not the global one, whose state a checkpoint keeps
             micro_batches = iter(loader)
             run.bar.set_description(
-                f"{desc} (epoch {epoch + 1}/{math.ceil(s.total_steps / s.steps_per_epoch)})")
+                f"{s.desc} (epoch {epoch + 1}/{math.ceil(s.total_steps / s.steps_per_epoch)})")
             for group in groups:
                 run.safe_to_save = False
                 loss = run.step(micro_batches, len(group))
@@ -448,7 +440,7 @@ def _train(run: _Run, dataset, collate_fn, desc, on_step, stop_after) -> bool:
                     run.save()
                     where = f"; checkpoint in {run.ckpt_dir}" if run.ckpt_dir else ""
                     raise KeyboardInterrupt(f"interrupted after step {run.state.step}{where}")
-                if stop_after is not None and run.state.step >= stop_after and not finished:
+                if s.stop_after is not None and run.state.step >= s.stop_after and not finished:
                     run.save()
                     return False
                 if finished:
@@ -471,12 +463,9 @@ def _settings(dataset, profile, c: TrainConfig, batches, world: int) -> LoopSett
         raise ValueError(f"{len(dataset)} examples make no full step for {world} processes "
                          f"of batch size {batch_size} x {c.grad_accum_steps} accumulation steps")
     epochs = profile.epochs if c.epochs is None else c.epochs
-    return LoopSettings(
-        batches=batches, seed=c.seed, total_steps=c.max_steps or steps_per_epoch * epochs,
-        steps_per_epoch=steps_per_epoch, grad_accum_steps=c.grad_accum_steps,
-        max_grad_norm=c.max_grad_norm, log_every=c.log_every or max(1, steps_per_epoch // 10),
-        eval_every=c.eval_every, checkpoint_every=c.checkpoint_every, patience=c.patience,
-        metric=c.metric, greater_is_better=c.greater_is_better)
+    return LoopSettings(**vars(c) | dict(
+        batches=batches, total_steps=c.max_steps or steps_per_epoch * epochs,
+        steps_per_epoch=steps_per_epoch, log_every=c.log_every or max(1, steps_per_epoch // 10)))
 
 
 def train_loop(model: torch.nn.Module, dataset, collate_fn: Callable, *, profile,
@@ -518,7 +507,7 @@ def train_loop(model: torch.nn.Module, dataset, collate_fn: Callable, *, profile
                    disable=not (c.progress and acc.is_main_process), dynamic_ncols=True)
     run.model.train()
     try:
-        completed = _train(run, dataset, collate_fn, c.desc, on_step, c.stop_after)
+        completed = _train(run, dataset, collate_fn, on_step)
     except KeyboardInterrupt:
         _save_on_interrupt(run)
         raise
