@@ -218,8 +218,9 @@ def test_lp_ft_and_frozen_layers_in_finetune(tiny_encoder_dir):
     result = finetune(model, tokenizer, data, profile=get_profile("smoke"), probe_init=True,
                       frozen_layers=2, progress=False, learning_rate=1e-3)
     trained = result.model
-    assert torch.equal(trained.bert.encoder.layer[0].attention.self.query.weight, frozen_before)
-    assert not torch.equal(trained.bert.encoder.layer[3].attention.self.query.weight, upper_before)
+    layers = trained.bert.encoder.layer  # on the GPU if there is one; the copies are on the CPU
+    assert torch.equal(layers[0].attention.self.query.weight.cpu(), frozen_before)
+    assert not torch.equal(layers[3].attention.self.query.weight.cpu(), upper_before)
     # the probe alone separates these texts, and fine-tuning keeps them apart
     assert (predict(trained, tokenizer, list(data["text"])).argmax(1) == np.array(data["label"])).all()
 
