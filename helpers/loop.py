@@ -286,6 +286,7 @@ class _Run:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.ckpt_dir, self.plan = ckpt_dir, plan
         self.state, self.best_weights, self.last_saved = LoopState(), None, None
+        self.first_step = 0  # the step this session started from (set again after a resume)
         self.loss_sum = 0.0  # a tensor once training starts
         self.t0 = time.perf_counter()
         self.bar, self.safe_to_save = None, True  # safe_to_save: False while a step is half done
@@ -506,6 +507,7 @@ def train_loop(model: torch.nn.Module, dataset, collate_fn: Callable, *, profile
     run.bar = tqdm(total=settings.total_steps, initial=run.state.step, desc=c.desc,
                    disable=not (c.progress and acc.is_main_process), dynamic_ncols=True)
     run.model.train()
+    run.first_step = run.state.step  # where this session starts (0 unless resumed)
     try:
         completed = _train(run, dataset, collate_fn, on_step)
     except KeyboardInterrupt:
@@ -541,4 +543,5 @@ def _result(run: _Run, completed: bool) -> TrainResult:
         best_step=state.best_step, steps=state.step, completed=completed,
         stopped_early=state.stopped_early,
         checkpoint=run.ckpt_dir if run.ckpt_dir is not None and run.ckpt_dir.exists() else None,
-        info=dict(metric=s.metric, steps_per_epoch=s.steps_per_epoch, total_steps=s.total_steps))
+        info=dict(metric=s.metric, steps_per_epoch=s.steps_per_epoch, total_steps=s.total_steps,
+                  session_steps=state.step - run.first_step))

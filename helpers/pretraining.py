@@ -427,17 +427,13 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
     held_out = heldout_batches(collator, heldout_examples, batch_size, seed=seed)
     token, baseline = unigram_baseline(train_tokens, torch.cat(
         [b["labels"].flatten() for b in held_out]), collator.special_ids)
-    clock = dict(eval_s=0.0, steps=0)  # evaluation time is left out of tokens_per_s
+    clock = dict(eval_s=0.0)  # evaluation time is left out of tokens_per_s
 
     def eval_fn(wrapped):
         start = time.perf_counter()
         scores = evaluate_pretraining(wrapped, held_out)
         clock["eval_s"] += time.perf_counter() - start
         return scores
-
-    def count_step(step, loss):
-        clock["steps"] += 1
-        return on_step and on_step(step, loss)
 
     started = time.perf_counter()
     result = train_loop(
@@ -448,16 +444,17 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
         learning_rate=learning_rate or profile.pretrain_learning_rate,
         output_dir=output_dir, checkpoint_every=profile.checkpoint_every, resume=resume,
         stop_after=stop_after, eval_every=max(1, max_steps // max(1, evaluations)),
-        log_every=max(1, max_steps // 50), on_step=count_step, progress=progress,
+        log_every=max(1, max_steps // 50), on_step=on_step, progress=progress,
         desc=desc or ("pretraining MLM+NSP" if nsp else "pretraining MLM"))
     tokens_per_step = float(np.mean(lengths)) * batch_size * PartialState().num_processes
     training_s = time.perf_counter() - started - clock["eval_s"]
+    steps = result.info["session_steps"]  # not counted in on_step: that reads the loss every step
     result.model = model
     result.info.update(
         nsp=nsp, unigram_token=tokenizer.convert_ids_to_tokens(token), unigram_baseline=baseline,
         tokens_per_step=tokens_per_step, train_examples=len(train_examples),
         heldout_examples=len(heldout_examples), train_tokens=int(sum(lengths)),
-        tokens_per_s=clock["steps"] * tokens_per_step / training_s if clock["steps"] else None)
+        tokens_per_s=steps * tokens_per_step / training_s if steps else None)
     return result
 
 

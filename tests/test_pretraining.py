@@ -282,6 +282,8 @@ def test_interrupted_and_resumed_pretraining_ends_like_an_uninterrupted_run(toke
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     info = full.info
     assert 0 <= info["unigram_baseline"] <= 1 and info["tokens_per_s"] > 0
+    # tokens/s counts the steps of each session: 6, then 3 and the 3 after the resume
+    assert [r.info["session_steps"] for r in (full, stopped, resumed)] == [6, 3, 3]
 
 
 def test_continued_pretraining_trains_mlm_and_leaves_the_nsp_head(tokenizer):
