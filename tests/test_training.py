@@ -276,8 +276,8 @@ def test_bf16_autocast_only_where_the_chip_has_it(tokenizer, monkeypatch, native
         assert dtypes == ({torch.bfloat16} if bf16 and native else {torch.float32})
     save_finetuned(result.model, tokenizer, tmp_path, max_seq_len=32)
     loaded, loaded_tokenizer, _ = load_finetuned(tmp_path)
-    # equal up to float32 rounding: CUDA may pick other kernels for the loaded copy (3e-8 seen on
-    # an H200); a leftover autocast wrapper would differ by bf16's rounding, about 1e-3
+    # equal up to float32 rounding (CUDA may pick other kernels for the loaded copy); a leftover
+    # autocast wrapper would differ by bf16's rounding, about 1e-3
     np.testing.assert_allclose(probs, predict(loaded, loaded_tokenizer, texts, max_length=32,
                                               bf16=True), rtol=0, atol=1e-6)
 
