@@ -329,15 +329,16 @@ def _load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
-def busy() -> bool:
-    """More runnable jobs than cores."""
-    return _load() > (os.cpu_count() or 1)
+def busy(load: float | None = None) -> bool:
+    """More runnable jobs than cores (`load`: a load average already read, else read now)."""
+    return (_load() if load is None else load) > (os.cpu_count() or 1)
 
 
 def _machine_note() -> str:
+    load = _load()  # one reading: the note's figure and its verdict agree
     note = (f"{_plural(torch.get_num_threads(), 'thread')}, "
-            f"{_plural(os.cpu_count() or 1, 'core')}, load average {_load():.1f}")
-    if busy():
+            f"{_plural(os.cpu_count() or 1, 'core')}, load average {load:.1f}")
+    if busy(load):
         note += " (other jobs share the cores: timings are pessimistic and noisy)"
     return note
 
