@@ -79,11 +79,15 @@ def scratch_for(target: str | Path, *, clear: bool = True) -> Path:
     return scratch
 
 
+def _previous(target: Path) -> Path:
+    return target.with_name(target.name + ".old")
+
+
 def swap_in(scratch: Path, target: str | Path) -> None:
     """Replace `target` by the finished `scratch` folder. Until the last rename the previous
     version survives as `TARGET.old` (see `latest_complete`)."""
     target = Path(target)
-    old = target.with_name(target.name + ".old")
+    old = _previous(target)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
@@ -94,8 +98,7 @@ def swap_in(scratch: Path, target: str | Path) -> None:
 def latest_complete(target: str | Path) -> list[Path]:
     """Where the last complete version of `target` can be: itself, or `TARGET.old` when a swap
     was cut short between its two renames."""
-    target = Path(target)
-    return [target, target.with_name(target.name + ".old")]
+    return [Path(target), _previous(Path(target))]
 
 
 @contextmanager
