@@ -286,7 +286,7 @@ class _Run:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.ckpt_dir, self.plan = ckpt_dir, plan
         self.state, self.best_weights, self.last_saved = LoopState(), None, None
-        self.first_step = 0  # the step this session started from (set again after a resume)
+        self.first_step = 0  # the step this session starts from: 0, or the resumed checkpoint's
         self.loss_sum = 0.0  # a tensor once training starts
         self.t0 = time.perf_counter()
         self.bar, self.safe_to_save = None, True  # safe_to_save: False while a step is half done
@@ -306,6 +306,7 @@ class _Run:
             found, self.plan, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
             self.acc.process_index)
         self.state = LoopState(**state)
+        self.first_step = self.state.step
         self.loss_sum, self.t0 = local["loss_sum"], time.perf_counter() - self.state.elapsed
         return local["rng"]
 
@@ -507,7 +508,6 @@ def train_loop(model: torch.nn.Module, dataset, collate_fn: Callable, *, profile
     run.bar = tqdm(total=settings.total_steps, initial=run.state.step, desc=c.desc,
                    disable=not (c.progress and acc.is_main_process), dynamic_ncols=True)
     run.model.train()
-    run.first_step = run.state.step  # where this session starts (0 unless resumed)
     try:
         completed = _train(run, dataset, collate_fn, on_step)
     except KeyboardInterrupt:
