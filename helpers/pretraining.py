@@ -217,11 +217,12 @@ def build_pretraining_pairs(corpora: dict[str, Sequence[Sequence[str]]], *, held
 class PretrainingCollator:
     """Turns examples into a masked, padded batch for BertForPreTraining / BertForMaskedLM.
 
-    Examples are sentence pairs {"a", "b", "is_next"} (as `make_nsp_pairs` makes them) or
-    single texts {"text"}. Each batch is tokenised as [CLS] a [SEP] b [SEP] (token_type_ids 0
-    for a, 1 for b), cut to `max_length` tokens (the longer segment loses tokens first),
-    padded to its longest example, and masked afresh by `mask_tokens`, so the model sees new
-    masks every epoch. With nsp=True the batch also holds next_sentence_label (0 = IsNext,
+    Examples are sentence pairs {"a", "b", "is_next"} (as `make_nsp_pairs` makes them),
+    single texts {"text"}, or either already tokenised (`pretrain` tokenises its pairs once).
+    Each pair is tokenised as [CLS] a [SEP] b [SEP] (token_type_ids 0 for a, 1 for b), cut to
+    `max_length` tokens (the longer segment loses tokens first); a batch is padded to its
+    longest example and masked afresh by `mask_tokens`, so the model sees new masks every
+    epoch. With nsp=True the batch also holds next_sentence_label (0 = IsNext,
     1 = NotNext: the transformers convention).
     """
 
@@ -253,11 +254,30 @@ class PretrainingCollator:
         return self.tokenizer(*texts, truncation=True, max_length=self.max_length,
                               return_token_type_ids=True, **kwargs)
 
+    def _pad(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """What `encode(..., padding=True)` returns, from examples already tokenised."""
+        longest = max(len(e["input_ids"]) for e in examples)
+        if self.pad_to:
+            longest = -(-longest // self.pad_to) * self.pad_to
+        shape = (len(examples), longest)
+        enc = {"input_ids": np.full(shape, self.tokenizer.pad_token_id, dtype=np.int64),
+               "token_type_ids": np.zeros(shape, dtype=np.int64),
+               "attention_mask": np.zeros(shape, dtype=np.int64)}
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            enc["input_ids"][row, :n] = example["input_ids"]
+            enc["token_type_ids"][row, :n] = example["token_type_ids"]
+            enc["attention_mask"][row, :n] = 1
+        return {key: torch.from_numpy(value) for key, value in enc.items()}
+
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         if self.nsp and not all("is_next" in e for e in examples):
             raise ValueError('NSP batches need "is_next" in every example')
-        enc = self.encode(examples, padding=True, pad_to_multiple_of=self.pad_to,
-                          return_tensors="pt")
+        if all("input_ids" in e for e in examples):  # tokenised once, by `pretrain`
+            enc = self._pad(examples)
+        else:
+            enc = self.encode(examples, padding=True, pad_to_multiple_of=self.pad_to,
+                              return_tensors="pt")
         inputs, labels = mask_tokens(
             enc["input_ids"], mask_token_id=self.tokenizer.mask_token_id,
             vocab_size=len(self.tokenizer), special_token_ids=self.special_ids,
@@ -372,19 +392,24 @@ def heldout_batches(collator: PretrainingCollator, examples: Sequence[dict], bat
 
 # --- pretraining ----------------------------------------------------------------------------------
 
-def _token_statistics(collator: PretrainingCollator, examples, chunk: int = 2048,
-                      progress: bool = True):
-    """Token count of each example (for length-grouped batches) and the training tokens as
-    one array per chunk (for the unigram baseline), without keeping every id list at once."""
+def _tokenise_once(collator: PretrainingCollator, examples, chunk: int = 2048,
+                   progress: bool = True):
+    """Every example tokenised once, as small arrays the collator pads (tokenising the same
+    pairs again in every batch held back a GPU), and the training tokens as one array per chunk
+    (for the unigram baseline)."""
     from tqdm.auto import tqdm
 
-    lengths, chunks = [], []
-    for start in tqdm(range(0, len(examples), chunk), desc="counting tokens",
+    encoded, chunks = [], []
+    for start in tqdm(range(0, len(examples), chunk), desc="tokenising",
                       disable=not progress or len(examples) <= chunk):
-        ids = collator.encode(examples[start:start + chunk])["input_ids"]
-        lengths += [len(x) for x in ids]
-        chunks.append(np.fromiter((t for x in ids for t in x), dtype=np.int64))
-    return lengths, chunks
+        part = examples[start:start + chunk]
+        enc = collator.encode(part)
+        for example, ids, types in zip(part, enc["input_ids"], enc["token_type_ids"]):
+            encoded.append({"input_ids": np.array(ids, dtype=np.int32),
+                            "token_type_ids": np.array(types, dtype=np.int8),
+                            **{k: example[k] for k in ("is_next",) if k in example}})
+        chunks.append(np.concatenate([e["input_ids"] for e in encoded[start:]]))
+    return encoded, chunks
 
 
 def _check_fits(model, tokenizer, max_length: int, heldout_examples) -> None:
@@ -423,7 +448,8 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
     _check_fits(model, tokenizer, max_length or profile.pretrain_seq_len, heldout_examples)
     collator = PretrainingCollator(tokenizer, max_length=max_length or profile.pretrain_seq_len,
                                    nsp=nsp)
-    lengths, train_tokens = _token_statistics(collator, train_examples, progress=progress)
+    encoded, train_tokens = _tokenise_once(collator, train_examples, progress=progress)
+    lengths = [len(e["input_ids"]) for e in encoded]
     held_out = heldout_batches(collator, heldout_examples, batch_size, seed=seed)
     token, baseline = unigram_baseline(train_tokens, torch.cat(
         [b["labels"].flatten() for b in held_out]), collator.special_ids)
@@ -437,7 +463,7 @@ def pretrain(model, tokenizer, train_examples: Sequence[dict], heldout_examples:
 
     started = time.perf_counter()
     result = train_loop(
-        PretrainingObjective(model, nsp=nsp), list(train_examples), collator,
+        PretrainingObjective(model, nsp=nsp), encoded, collator,
         batches=lambda epoch: length_grouped_batches(lengths, batch_size, seed=seed, epoch=epoch),
         eval_fn=eval_fn, metric="val_mlm_accuracy", profile=profile, seed=seed,
         max_steps=max_steps, batch_size=batch_size,

@@ -13,6 +13,7 @@ from helpers.pretraining import (
     IGNORE,
     PretrainingCollator,
     PretrainingObjective,
+    _tokenise_once,
     build_pretraining_pairs,
     continue_pretraining,
     make_nsp_pairs,
@@ -226,6 +227,32 @@ def test_collator_pads_segments_and_labels(tokenizer):
     assert (batch["input_ids"][padding] == tokenizer.pad_token_id).all()
     assert (batch["labels"][padding] == IGNORE).all()
     assert batch["input_ids"][1, -1] == tokenizer.sep_token_id  # truncation keeps the last [SEP]
+
+
+@pytest.mark.parametrize("nsp, pad_to", [(True, None), (True, 8), (False, None)])
+def test_pretokenised_batches_equal_text_batches(tokenizer, nsp, pad_to):
+    # pretrain tokenises every pair once; the batches, masks included, must not change
+    pairs = make_nsp_pairs(documents(20), seed=0)[:12]
+    examples = pairs if nsp else [{"text": p["a"] + " " + p["b"]} for p in pairs]
+    collate = PretrainingCollator(tokenizer, max_length=48, nsp=nsp)
+    collate.pad_to = pad_to
+    encoded, chunks = _tokenise_once(collate, examples, chunk=5, progress=False)
+    assert [len(e["input_ids"]) for e in encoded] == \
+        [len(ids) for ids in collate.encode(examples)["input_ids"]]
+    assert np.concatenate(chunks).tolist() == \
+        [t for ids in collate.encode(examples)["input_ids"] for t in ids]
+    parts = (slice(0, 5), slice(2, 8))
+    # some batch's longest example must fall between multiples of 8, or pad_to is not tested
+    assert any(max(len(e["input_ids"]) for e in encoded[part]) % 8 for part in parts)
+    for part in parts:
+        torch.manual_seed(0)
+        from_text = collate(examples[part])
+        torch.manual_seed(0)
+        from_ids = collate(encoded[part])
+        assert from_ids.keys() == from_text.keys()
+        for key, value in from_text.items():
+            assert torch.equal(from_ids[key], value), key
+        assert from_ids["input_ids"].shape[1] % (pad_to or 1) == 0
 
 
 def test_collator_without_nsp_takes_texts(tokenizer):
