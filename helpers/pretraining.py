@@ -406,9 +406,11 @@ def _tokenise_once(collator: PretrainingCollator, examples, chunk: int = 2048,
         part = examples[start:start + chunk]
         enc = collator.encode(part)
         for example, ids, types in zip(part, enc["input_ids"], enc["token_type_ids"]):
-            encoded.append({"input_ids": np.array(ids, dtype=np.int32),
-                            "token_type_ids": np.array(types, dtype=np.int8),
-                            **{k: example[k] for k in ("is_next",) if k in example}})
+            item = {"input_ids": np.array(ids, dtype=np.int32),
+                    "token_type_ids": np.array(types, dtype=np.int8)}
+            if "is_next" in example:
+                item["is_next"] = example["is_next"]
+            encoded.append(item)
         chunks.append(np.concatenate([e["input_ids"] for e in encoded[start:]]))
     return encoded, chunks
 
