@@ -70,7 +70,7 @@ class Profile:
 # The cpu profile in full; smoke and gpu say only what they change.
 CPU = Profile(
     name="cpu",
-    description="a laptop, offline: the whole course in under 45 minutes on 2 cores",
+    description="a laptop, offline: the whole course on 2 CPU cores in under 4 GB (run times: README)",
     max_train_examples=None,
     max_eval_examples=None,
     max_seq_len=96,
